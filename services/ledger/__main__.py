@@ -1,0 +1,45 @@
+"""`python -m services.ledger [serve|verify]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from services.ledger.settings import LedgerSettings
+from shared.logging import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.ledger")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "verify"])
+    args = parser.parse_args(argv)
+    settings = LedgerSettings()
+    configure_logging("ledger", settings.log_level)
+    if args.command == "verify":
+        return asyncio.run(_verify(settings))
+    import uvicorn
+
+    from services.ledger.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    return 0
+
+
+async def _verify(settings: LedgerSettings) -> int:
+    import asyncpg
+
+    from services.ledger import store
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        result = await store.verify(conn)
+    finally:
+        await conn.close()
+    print(json.dumps(result, default=str, indent=2))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

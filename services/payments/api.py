@@ -1,0 +1,165 @@
+"""The payments service's HTTP API: payment requests, episodes, schemes, settlements."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request, Response
+from pydantic import BaseModel, Field
+
+from services.payments import store
+from services.payments.schemes import Scheme
+from shared.contracts import OdsCode, PaymentRequested
+from shared.http import PROBLEM_RESPONSES, Problem
+from shared.logging import correlation_id_var
+
+router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+
+class AcceptedView(BaseModel):
+    payment_id: str
+    episode_id: str
+    status: Literal["created", "duplicate"]
+    episode_status: str
+    at_risk_pence: int
+    scheme_id: str | None
+    scheme_version: int | None
+    hold_transfer_id: str
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    payment_id: str | None
+    outcome: Literal["created", "duplicate", "conflict", "invalid"]
+    detail: str | None = None
+    result: AcceptedView | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    items: list[BatchItemResult]
+
+
+PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class SettlementRun(BaseModel):
+    period: str = Field(pattern=PERIOD_RE.pattern, description="Settlement period, YYYY-MM")
+    provider_code: OdsCode | None = Field(default=None, description="Settle one provider only")
+
+
+class SettlementView(BaseModel):
+    settlement_id: str
+    provider_code: str
+    region_code: str
+    period: str
+    scheme: str
+    billed_pence: int
+    held_pence: int
+    released_pence: int
+    diverted_pence: int
+    responses: int
+    episodes: int
+    min_sample_applied: bool
+    cap_applied: bool
+    cap_pence: int
+
+
+def _rt(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.runtime
+
+
+def _cid() -> str:
+    return correlation_id_var.get() or str(uuid.uuid4())
+
+
+async def _accept(request: Request, req: PaymentRequested) -> store.Accepted:
+    rt = _rt(request)
+    async with rt.pool.acquire() as conn:
+        async with conn.transaction():
+            return await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid())
+
+
+@router.post("/payment-requests", response_model=AcceptedView, status_code=201, tags=["payments"],
+             summary="Request payment for one care episode (idempotent on payment_id)")
+async def create_payment_request(request: Request, response: Response, body: PaymentRequested) -> AcceptedView:
+    try:
+        accepted = await _accept(request, body)
+    except store.InputError as exc:
+        raise Problem(422, "Invalid request", exc.message, errors=[{"field": exc.field, "message": exc.message}]) from exc
+    except store.Conflict as exc:
+        raise Problem(409, "Conflict", str(exc)) from exc
+    if accepted.status == "duplicate":
+        response.status_code = 200
+    return AcceptedView(**accepted.__dict__)
+
+
+@router.post("/payment-requests/batch", response_model=BatchResult, tags=["payments"],
+             summary="Up to 1,000 payment requests; each item succeeds or fails on its own")
+async def create_payment_requests(request: Request, body: Annotated[list[dict[str, Any]], Body(max_length=1000)]) -> BatchResult:
+    items: list[BatchItemResult] = []
+    for i, raw in enumerate(body):
+        pid = raw.get("payment_id") if isinstance(raw, dict) else None
+        try:
+            req = PaymentRequested.model_validate(raw)
+        except Exception as exc:  # pydantic ValidationError: report, do not fail the batch
+            errors = getattr(exc, "errors", lambda: [])()
+            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]) or str(exc)
+            items.append(BatchItemResult(index=i, payment_id=pid if isinstance(pid, str) else None, outcome="invalid", detail=detail))
+            continue
+        try:
+            accepted = await _accept(request, req)
+            items.append(BatchItemResult(index=i, payment_id=req.payment_id, outcome=accepted.status, result=AcceptedView(**accepted.__dict__)))
+        except store.InputError as exc:
+            items.append(BatchItemResult(index=i, payment_id=req.payment_id, outcome="invalid", detail=str(exc)))
+        except store.Conflict as exc:
+            items.append(BatchItemResult(index=i, payment_id=req.payment_id, outcome="conflict", detail=str(exc)))
+    ok = sum(1 for it in items if it.outcome in ("created", "duplicate"))
+    return BatchResult(accepted=ok, rejected=len(items) - ok, items=items)
+
+
+@router.get("/episodes/{episode_id}", tags=["episodes"], summary="An episode: amounts, answers, decision steps, transfers")
+async def get_episode(request: Request, episode_id: str) -> dict[str, Any]:
+    rt = _rt(request)
+    async with rt.pool.acquire() as conn:
+        view = await store.episode_view(conn, episode_id, rt.book)
+    if view is None:
+        raise Problem(404, "Not found", f"no episode {episode_id}")
+    return view
+
+
+@router.get("/schemes", response_model=list[Scheme], tags=["schemes"], summary="Every loaded trial scheme version")
+async def list_schemes(request: Request) -> list[Scheme]:
+    return list(_rt(request).book.schemes)
+
+
+@router.post("/settlements/run", response_model=list[SettlementView], tags=["settlements"],
+             summary="Settle a period now (admin); idempotent per provider and period")
+async def run_settlement(request: Request, body: SettlementRun) -> list[SettlementView]:
+    rt = _rt(request)
+    try:
+        reports = await store.run_settlement(rt.pool, rt.book, period=body.period, provider_code=body.provider_code,
+                                             run_by="admin-api", correlation_id=_cid())
+    except store.InputError as exc:
+        raise Problem(422, "Cannot settle", str(exc)) from exc
+    return [SettlementView(**r) for r in reports]
+
+
+@router.get("/settlements", response_model=list[SettlementView], tags=["settlements"], summary="Settlement reports for a period")
+async def list_settlements(request: Request, period: Annotated[str, Field(pattern=PERIOD_RE.pattern)]) -> list[SettlementView]:
+    if not PERIOD_RE.match(period):
+        raise Problem(422, "Invalid request", "period must be YYYY-MM")
+    async with _rt(request).pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM settlements WHERE period = $1 ORDER BY settlement_id", period)
+    return [
+        SettlementView(scheme=f"{r['scheme_id']}@{r['scheme_version']}", **{k: r[k] for k in SettlementView.model_fields if k != "scheme"})
+        for r in rows
+    ]
+
+
+def today() -> date:
+    return date.today()

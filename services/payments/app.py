@@ -1,0 +1,72 @@
+"""The payments service: FastAPI app + FastStream consumers + outbox relay in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import date, timedelta
+
+from fastapi import FastAPI
+
+from services.payments import api, consumer, store
+from services.payments.schemes import load_schemes
+from services.payments.settings import PaymentsSettings
+from shared import http
+from shared.reference import load_reference
+from shared.service import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class PaymentsRuntime(Runtime):
+    def __init__(self, settings: PaymentsSettings) -> None:
+        super().__init__(settings, migrations=("services.payments",))
+        # Loaded (and validated) before anything starts: a bad scheme file stops the service at
+        # boot with a message naming the file and field, rather than mis-settling money later.
+        self.book = load_schemes(settings.schemes_dir)
+        self.reference = load_reference(settings.reference_dir)
+
+
+def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
+    settings = settings or PaymentsSettings()
+    runtime = PaymentsRuntime(settings)
+    consumer.register(runtime, settings)
+
+    scheduler: dict[str, asyncio.Task] = {}
+
+    async def scheduled_settlement() -> None:
+        """Close each period once every episode's decision window has passed."""
+        while True:
+            try:
+                windows = [s.decision_window_days for s in runtime.book.schemes] or [0]
+                cutoff = date.today() - timedelta(days=max(windows) + 1)
+                period = store.current_period(cutoff.replace(day=1) - timedelta(days=1))
+                await store.run_settlement(runtime.pool, runtime.book, period=period, provider_code=None,
+                                           run_by="scheduler", correlation_id=f"settlement:{period}")
+            except Exception:
+                log.exception("scheduled settlement failed; will retry")
+            await asyncio.sleep(settings.settlement_check_interval_s)
+
+    @runtime.on_start
+    async def _start_scheduler() -> None:
+        if settings.settlement_schedule_enabled:
+            scheduler["task"] = asyncio.create_task(scheduled_settlement())
+
+    @runtime.on_stop
+    async def _stop_scheduler() -> None:
+        if task := scheduler.get("task"):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Patient Power payments",
+        version="1.0.0",
+        description="Holds the at-risk share of each payment and settles it by the patient's answer under versioned trial rules.",
+        lifespan=runtime.lifespan,
+    )
+    app.state.runtime = runtime
+    http.install(app, "payments")
+    app.include_router(api.router)
+    return app

@@ -1,0 +1,292 @@
+"""The payments service's pure core: holds, decisions and settlement with safeguards.
+
+No I/O. Every function takes plain values and returns plain values, so the rules can be
+unit-tested and property-tested, replayed offline (what-if) and explained step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal
+
+from services.payments.schemes import CHOICE_RELEASE_BPS, Scheme
+from shared.contracts import FftAnswer, Leg, PatientChoice, TransferCause, TransferRequested
+from shared.money import BPS_WHOLE, bps_of, check, split_largest_remainder
+
+
+def period_of(activity_date: date) -> str:
+    """Monthly settlement period, e.g. '2026-11'."""
+    return f"{activity_date.year:04d}-{activity_date.month:02d}"
+
+
+def commissioner_account(code: str) -> str:
+    return f"commissioner:{code}"
+
+
+def provider_account(code: str) -> str:
+    return f"provider:{code}"
+
+
+def held_account(code: str) -> str:
+    return f"held:{code}"
+
+
+def fund_account(region_code: str) -> str:
+    return f"fund:{region_code}"
+
+
+def hold_transfer_id(payment_id: str) -> str:
+    return f"hold:{payment_id}"
+
+
+def settle_transfer_id(payment_id: str) -> str:
+    return f"settle:{payment_id}"
+
+
+def appeal_transfer_id(payment_id: str) -> str:
+    return f"appeal:{payment_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Holding
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Episode:
+    payment_id: str
+    episode_id: str
+    commissioner_code: str
+    provider_code: str
+    region_code: str
+    service_type: str
+    activity_date: date
+    amount_pence: int
+    at_risk_pence: int
+    scheme_id: str | None
+    scheme_version: int | None
+
+    @property
+    def period(self) -> str:
+        return period_of(self.activity_date)
+
+
+def hold(
+    *,
+    payment_id: str,
+    episode_id: str,
+    commissioner_code: str,
+    provider_code: str,
+    region_code: str,
+    service_type: str,
+    activity_date: date,
+    amount_pence: int,
+    scheme: Scheme | None,
+) -> tuple[Episode, TransferRequested]:
+    """Accept a payment: pay the part not at risk at once and hold the rest.
+
+    Out of trial (no scheme) means nothing is at risk: the whole amount is paid.
+    """
+    at_risk = bps_of(amount_pence, scheme.at_risk_bps) if scheme else 0
+    episode = Episode(
+        payment_id, episode_id, commissioner_code, provider_code, region_code, service_type, activity_date,
+        amount_pence, at_risk, scheme.scheme_id if scheme else None, scheme.version if scheme else None,
+    )
+    legs = [Leg(account_id=commissioner_account(commissioner_code), amount_pence=-amount_pence)]
+    if amount_pence - at_risk:
+        legs.append(Leg(account_id=provider_account(provider_code), amount_pence=amount_pence - at_risk))
+    if at_risk:
+        legs.append(Leg(account_id=held_account(provider_code), amount_pence=at_risk))
+    transfer = TransferRequested(
+        transfer_id=hold_transfer_id(payment_id),
+        legs=tuple(legs),
+        cause=TransferCause(
+            kind="payment_hold", payment_id=payment_id, episode_id=episode_id, provider_code=provider_code,
+            period=episode.period, scheme_id=episode.scheme_id, scheme_version=episode.scheme_version,
+        ),
+    )
+    return episode, transfer
+
+
+# ---------------------------------------------------------------------------------------------
+# Deciding
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    submission_id: str
+    episode_id: str
+    instrument: Literal["fft", "patient_power"]
+    authored_at: datetime
+    fft_answer: FftAnswer | None = None
+    patient_choice: PatientChoice | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    release_bps: int
+    deciding_submission_id: str | None
+    basis: str  # human-readable: why this release share
+    valid_answers: int
+    amendments: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+
+def window_end(activity_date: date, scheme: Scheme) -> datetime:
+    """Answers authored up to the end of this instant count."""
+    end_day = activity_date + timedelta(days=scheme.decision_window_days + 1)
+    return datetime(end_day.year, end_day.month, end_day.day, tzinfo=timezone.utc)
+
+
+def _release_for(answer: Answer, scheme: Scheme) -> tuple[int, str]:
+    if answer.instrument == "patient_power":
+        check(answer.patient_choice is not None, "patient_power answer needs a choice")
+        return CHOICE_RELEASE_BPS[answer.patient_choice], f"patient chose {answer.patient_choice}"  # type: ignore[index]
+    check(answer.fft_answer is not None, "fft answer needs a code")
+    name = FftAnswer(answer.fft_answer).name.lower()
+    return scheme.fft_release_bps.for_answer(FftAnswer(answer.fft_answer)), f"FFT answer {name}"
+
+
+def decide(episode: Episode, answers: Sequence[Answer], scheme: Scheme) -> Decision:
+    """The one decision for an episode, from whatever answers exist, in any order.
+
+    Valid answers are those authored from the activity date to the end of the decision window.
+    The earliest valid answer decides (ties broken by submission id, so arrival order never
+    matters); later ones are amendments and change the decision only if the scheme allows it.
+    An explicit patient choice overrides an FFT rating when the scheme says so.
+    No valid answer: released in full.
+    """
+    start = datetime(episode.activity_date.year, episode.activity_date.month, episode.activity_date.day, tzinfo=timezone.utc)
+    end = window_end(episode.activity_date, scheme)
+    mine = [a for a in answers if a.episode_id == episode.episode_id]
+    valid = sorted((a for a in mine if start <= a.authored_at < end), key=lambda a: (a.authored_at, a.submission_id))
+    ignored = tuple(sorted(a.submission_id for a in mine if not (start <= a.authored_at < end)))
+    if not valid:
+        return Decision(BPS_WHOLE, None, "no answer within the decision window: released in full", 0, (), ignored)
+    pool = valid
+    if scheme.patient_choice_overrides and any(a.instrument == "patient_power" for a in valid):
+        pool = [a for a in valid if a.instrument == "patient_power"]
+    chosen = pool[-1] if scheme.allow_amendments else pool[0]
+    release_bps, why = _release_for(chosen, scheme)
+    amendments = tuple(a.submission_id for a in valid if a.submission_id != chosen.submission_id)
+    if chosen is not valid[0]:
+        why += " (amended answer)" if scheme.allow_amendments else " (patient choice overrides rating)"
+    return Decision(release_bps, chosen.submission_id, why, len(valid), amendments, ignored)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settling
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpisodeSettlement:
+    episode: Episode
+    decision: Decision
+    uncapped_diverted_pence: int
+    diverted_pence: int
+    released_pence: int
+    steps: tuple[str, ...]
+    transfer: TransferRequested | None
+
+
+@dataclass
+class SettlementReport:
+    provider_code: str
+    region_code: str
+    period: str
+    scheme_key: str
+    billed_pence: int = 0
+    held_pence: int = 0
+    released_pence: int = 0
+    diverted_pence: int = 0
+    responses: int = 0
+    episodes: int = 0
+    min_sample_applied: bool = False
+    cap_applied: bool = False
+    cap_pence: int = 0
+    lines: list[EpisodeSettlement] = field(default_factory=list)
+
+
+def settle(
+    episodes: Sequence[Episode],
+    answers: Sequence[Answer],
+    scheme: Scheme,
+    *,
+    provider_code: str,
+    period: str,
+    divert: bool = True,
+) -> SettlementReport:
+    """Settle one provider's episodes for one period under one scheme.
+
+    1. Each episode's decision gives its uncapped diversion: at-risk × (1 − release share),
+       rounded down (rounding favours the provider).
+    2. Minimum sample: fewer valid responses than the scheme's minimum → nothing is diverted.
+    3. Cap: total diversion above cap_bps of the billed amount → every diversion scales down in
+       proportion, split by largest remainder so the pennies add up to exactly the cap.
+    4. Each episode's held amount goes to the provider (released) and the region's fund (diverted).
+    """
+    mine = sorted(
+        (e for e in episodes if e.provider_code == provider_code and e.period == period and e.scheme_id == scheme.scheme_id
+         and e.scheme_version == scheme.version),
+        key=lambda e: e.episode_id,
+    )
+    check(len({e.episode_id for e in mine}) == len(mine), "one settlement line per episode")
+    region = mine[0].region_code if mine else ""
+    report = SettlementReport(provider_code, region, period, scheme.key)
+    decisions = [decide(e, answers, scheme) for e in mine]
+    uncapped = [bps_of(e.at_risk_pence, BPS_WHOLE - d.release_bps) for e, d in zip(mine, decisions)]
+    report.billed_pence = sum(e.amount_pence for e in mine)
+    report.held_pence = sum(e.at_risk_pence for e in mine)
+    report.responses = sum(1 for d in decisions if d.deciding_submission_id is not None)
+    report.episodes = len(mine)
+    report.cap_pence = bps_of(report.billed_pence, scheme.cap_bps)
+    steps_common: list[str] = []
+    if not divert:
+        diverted = [0] * len(mine)
+        steps_common.append("period already settled: late episode released in full")
+    elif report.responses < scheme.min_responses_per_period:
+        report.min_sample_applied = sum(uncapped) > 0
+        diverted = [0] * len(mine)
+        steps_common.append(
+            f"minimum sample not met ({report.responses} < {scheme.min_responses_per_period} responses): nothing diverted"
+        )
+    elif sum(uncapped) > report.cap_pence:
+        report.cap_applied = True
+        diverted = split_largest_remainder(report.cap_pence, uncapped)
+        steps_common.append(
+            f"cap applied: diversions of {sum(uncapped)}p exceed {scheme.cap_bps} bps of {report.billed_pence}p billed"
+            f" = {report.cap_pence}p; scaled down by largest remainder"
+        )
+    else:
+        diverted = uncapped
+    for e, d, u, dv in zip(mine, decisions, uncapped, diverted):
+        check(0 <= dv <= u <= e.at_risk_pence, "diversion within at-risk amount")
+        released = e.at_risk_pence - dv
+        steps = (
+            f"amount {e.amount_pence}p, at risk {scheme.at_risk_bps} bps = {e.at_risk_pence}p (rounded down)",
+            f"decision: {d.basis}; release {d.release_bps} bps",
+            f"uncapped diversion {u}p",
+            *steps_common,
+            f"released {released}p to {provider_account(e.provider_code)}, diverted {dv}p to {fund_account(e.region_code)}",
+        )
+        legs = [Leg(account_id=held_account(e.provider_code), amount_pence=-e.at_risk_pence)] if e.at_risk_pence else []
+        if released:
+            legs.append(Leg(account_id=provider_account(e.provider_code), amount_pence=released))
+        if dv:
+            legs.append(Leg(account_id=fund_account(e.region_code), amount_pence=dv))
+        transfer = (
+            TransferRequested(
+                transfer_id=settle_transfer_id(e.payment_id),
+                legs=tuple(legs),
+                cause=TransferCause(
+                    kind="settlement", payment_id=e.payment_id, episode_id=e.episode_id, provider_code=e.provider_code,
+                    period=period, scheme_id=scheme.scheme_id, scheme_version=scheme.version,
+                ),
+            )
+            if e.at_risk_pence
+            else None
+        )
+        report.lines.append(EpisodeSettlement(e, d, u, dv, released, steps, transfer))
+        report.released_pence += released
+        report.diverted_pence += dv
+    check(report.released_pence + report.diverted_pence == report.held_pence, "held = released + diverted")
+    check(report.diverted_pence <= report.cap_pence, "diversion within cap")
+    return report

@@ -1,0 +1,177 @@
+"""Trial schemes: versioned configuration files (TOML) validated on load.
+
+A scheme says which episodes it covers (scope, effective dates), how much of each payment is at
+risk, how each answer releases or diverts it, and the safeguards (minimum sample, cap, appeals).
+Defaults and why they were chosen are documented on each field and in README.md.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.contracts import FftAnswer, PatientChoice
+
+
+class SchemeError(ValueError):
+    """A scheme file that cannot be used; the message names the file and the field."""
+
+
+class Scope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An empty list means "any".
+    regions: tuple[str, ...] = ()
+    commissioners: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    service_types: tuple[str, ...] = ()
+
+    def covers(self, *, region: str, commissioner: str, provider: str, service_type: str) -> bool:
+        return all(
+            not allowed or value in allowed
+            for allowed, value in (
+                (self.regions, region),
+                (self.commissioners, commissioner),
+                (self.providers, provider),
+                (self.service_types, service_type),
+            )
+        )
+
+
+class FftRelease(BaseModel):
+    """Share of the at-risk amount released to the provider for each FFT answer, in bps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    very_good: int = Field(default=10_000, ge=0, le=10_000)
+    good: int = Field(default=10_000, ge=0, le=10_000)
+    # FFT's own "% negative" counts only Poor and Very poor, so a neutral answer releases in full.
+    neither: int = Field(default=10_000, ge=0, le=10_000)
+    # Graded so the choice between two negative words is not all-or-nothing.
+    poor: int = Field(default=5_000, ge=0, le=10_000)
+    very_poor: int = Field(default=0, ge=0, le=10_000)
+    # "Don't know" never diverts money: fixed by policy, not configurable.
+    dont_know: Literal[10_000] = 10_000
+
+    def for_answer(self, answer: FftAnswer) -> int:
+        return {
+            FftAnswer.VERY_GOOD: self.very_good,
+            FftAnswer.GOOD: self.good,
+            FftAnswer.NEITHER: self.neither,
+            FftAnswer.POOR: self.poor,
+            FftAnswer.VERY_POOR: self.very_poor,
+            FftAnswer.DONT_KNOW: self.dont_know,
+        }[answer]
+
+
+CHOICE_RELEASE_BPS: dict[PatientChoice, int] = {"pay_in_full": 10_000, "hold_back": 0, "not_sure": 10_000}
+
+
+class Scheme(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme_id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]{1,62}$")
+    version: int = Field(ge=1)
+    title: str = Field(min_length=1, max_length=200)
+    effective_from: date
+    effective_to: date | None = None  # inclusive; None = open-ended
+    # Higher priority wins when two schemes cover the same episode (e.g. a maternity pilot inside
+    # a region-wide scheme).
+    priority: int = Field(default=0, ge=0, le=1000)
+    scope: Scope = Scope()
+    # 10% at risk: the figure reported for the pilot design (see DOMAIN.md).
+    at_risk_bps: int = Field(default=1_000, ge=0, le=10_000)
+    # Patients are asked "some weeks after treatment": 8 weeks covers the contact plus reminders.
+    decision_window_days: int = Field(default=56, ge=0, le=366)
+    fft_release_bps: FftRelease = FftRelease()
+    # The patient power question asks exactly "should the provider be paid in full?", so an
+    # explicit choice is the more direct answer and overrides the FFT rating by default.
+    patient_choice_overrides: bool = True
+    settlement_period: Literal["monthly"] = "monthly"
+    # Small numbers make noisy judgements (wards "failing" on one response). 30 responses a month
+    # per provider before any diversion; HCAHPS uses 100 a year for a comparable purpose.
+    min_responses_per_period: int = Field(default=30, ge=0, le=100_000)
+    # The most a provider can lose in a period, as bps of its in-scope billed amount: 3%, above
+    # CQUIN's 1.25-2.5% so the signal is felt, well below the 10% at risk so no provider is
+    # destabilised by one bad month.
+    cap_bps: int = Field(default=300, ge=0, le=10_000)
+    # One decision per episode: later answers are recorded but move money only if allowed.
+    allow_amendments: bool = False
+    # US VBP allows 90 days to ask for an exception; 30 days keeps the monthly cycle short.
+    appeal_window_days: int = Field(default=30, ge=0, le=366)
+
+    @field_validator("effective_to")
+    @classmethod
+    def _dates(cls, v: date | None, info):  # type: ignore[no-untyped-def]
+        start = info.data.get("effective_from")
+        if v is not None and start is not None and v < start:
+            raise ValueError("effective_to must not be before effective_from")
+        return v
+
+    @model_validator(mode="after")
+    def _cap_within_risk(self) -> "Scheme":
+        if self.cap_bps > self.at_risk_bps:
+            raise ValueError("cap_bps cannot exceed at_risk_bps (a provider cannot lose more than was at risk)")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.scheme_id}@{self.version}"
+
+    def applies(self, *, activity_date: date, region: str, commissioner: str, provider: str, service_type: str) -> bool:
+        if activity_date < self.effective_from:
+            return False
+        if self.effective_to is not None and activity_date > self.effective_to:
+            return False
+        return self.scope.covers(region=region, commissioner=commissioner, provider=provider, service_type=service_type)
+
+
+def parse_scheme(text: str, source: str = "<scheme>") -> Scheme:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemeError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return Scheme.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SchemeError(f"{source}: {reasons}") from exc
+
+
+class SchemeBook:
+    """All loaded scheme versions; picks the one governing an episode."""
+
+    def __init__(self, schemes: list[Scheme]) -> None:
+        seen: dict[str, Scheme] = {}
+        for s in schemes:
+            if s.key in seen:
+                raise SchemeError(f"{s.key} is defined twice")
+            seen[s.key] = s
+        self.schemes = sorted(schemes, key=lambda s: (s.scheme_id, s.version))
+        self._by_key = seen
+
+    def get(self, scheme_id: str, version: int) -> Scheme | None:
+        return self._by_key.get(f"{scheme_id}@{version}")
+
+    def select(self, *, activity_date: date, region: str, commissioner: str, provider: str, service_type: str) -> Scheme | None:
+        """Highest priority, then the latest version, of the schemes that apply; None = out of trial."""
+        candidates = [
+            s
+            for s in self.schemes
+            if s.applies(activity_date=activity_date, region=region, commissioner=commissioner, provider=provider, service_type=service_type)
+        ]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda s: (s.priority, s.effective_from, s.version, s.scheme_id))
+
+
+def load_schemes(folder: str | Path) -> SchemeBook:
+    base = Path(folder)
+    if not base.is_dir():
+        raise SchemeError(f"{base}: scheme folder not found")
+    files = sorted(base.glob("*.toml"))
+    return SchemeBook([parse_scheme(p.read_text(encoding="utf-8"), p.name) for p in files])

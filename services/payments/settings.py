@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings, _aliases, settings_config
+
+PREFIX = "PAYMENTS_"
+DEFAULT_SCHEMES = Path(__file__).parent / "schemes"
+
+
+class PaymentsSettings(ServiceSettings):
+    model_config = settings_config(PREFIX)
+
+    service_name: str = "payments"
+    http_port: int = Field(default=8002, ge=0, le=65535)
+    database_url: str = Field(
+        default="postgresql://postgres@localhost:5432/payments", validation_alias=_aliases(PREFIX, "DATABASE_URL")
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias=_aliases(PREFIX, "KAFKA_BOOTSTRAP_SERVERS")
+    )
+    consumer_group: str = "payments"
+    schemes_dir: Path = DEFAULT_SCHEMES
+    reference_dir: Path | None = None  # None = the shipped OGL extract
+    batch_max_items: int = Field(default=1000, ge=1, le=10_000)
+    settlement_schedule_enabled: bool = False
+    settlement_check_interval_s: int = Field(default=3600, ge=1, le=86_400)

