@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger clean help
+.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-feedback whatif clean help
 
 help:
 	@echo "make demo   - install, start Kafka + PostgreSQL + 3 services, run a scripted month, print balances, stop"
@@ -36,6 +36,12 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+bench-ledger: install
+	$(BIN)/python -m bench.ledger
+
+bench-feedback: install
+	$(BIN)/python -m bench.feedback
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

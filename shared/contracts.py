@@ -128,42 +128,83 @@ class Leg(Contract):
 class TransferCause(Contract):
     """Why money moved: enough to explain the transfer to an auditor."""
 
-    kind: Literal["payment_hold", "settlement", "appeal_upheld", "reversal", "manual"]
+    kind: Literal["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld", "reversal", "expiry", "manual"]
     payment_id: str | None = None
     episode_id: str | None = None
     provider_code: str | None = None
     period: str | None = None
     scheme_id: str | None = None
     scheme_version: int | None = None
+    settlement_id: str | None = None
+    appeal_id: str | None = None
     note: str | None = Field(default=None, max_length=500)
 
 
 MAX_LEGS = 16
 
 
+TransferKind = Literal["posted", "pending", "post_pending", "void_pending"]
+
+
 class TransferRequested(Contract):
-    """Ask the ledger to post one balanced journal entry. ``transfer_id`` is the idempotency key."""
+    """Ask the ledger to record one journal entry. ``transfer_id`` is the idempotency key.
+
+    Kinds (two-phase transfers, as in TigerBeetle):
+    - ``posted``: a balanced multi-leg entry that moves money now.
+    - ``pending``: reserves the legs' amounts (shown as pending, not posted) until a later
+      ``post_pending`` or ``void_pending`` names it in ``pending_id``, or ``timeout_s`` passes
+      (then it voids itself).
+    - ``post_pending``: posts a pending transfer, in full (no legs) or in part (legs on the same
+      accounts, same signs, each no larger than the pending leg, balanced); the rest is released.
+    - ``void_pending``: releases a pending transfer in full (no legs).
+    ``reverses`` names a posted transfer this one corrects; its legs must be the exact negation.
+    Transfers that must apply in order (a pending and its post) share ``ordering_key``, which is
+    the Kafka message key, so they land on one partition in order.
+    """
 
     transfer_id: ExternalId
-    legs: tuple[Leg, ...] = Field(min_length=2, max_length=MAX_LEGS)
+    kind: TransferKind = "posted"
+    legs: tuple[Leg, ...] = Field(default=(), max_length=MAX_LEGS)
+    pending_id: ExternalId | None = None
+    timeout_s: int | None = Field(default=None, ge=1, le=366 * 86_400)
+    reverses: ExternalId | None = None
+    ordering_key: ExternalId | None = None
     cause: TransferCause
 
     @model_validator(mode="after")
-    def _balanced(self) -> "TransferRequested":
-        if sum(leg.amount_pence for leg in self.legs) != 0:
-            raise ValueError("legs must sum to zero (debits equal credits)")
-        if any(leg.amount_pence == 0 for leg in self.legs):
-            raise ValueError("a leg must move a non-zero amount")
-        if len({leg.account_id for leg in self.legs}) != len(self.legs):
-            raise ValueError("each account may appear once per entry")
+    def _shape(self) -> "TransferRequested":
+        if self.kind in ("posted", "pending") and len(self.legs) < 2:
+            raise ValueError(f"a {self.kind} transfer needs at least two legs")
+        if self.kind == "void_pending" and self.legs:
+            raise ValueError("void_pending takes no legs")
+        if self.kind in ("post_pending", "void_pending") and not self.pending_id:
+            raise ValueError(f"{self.kind} needs pending_id")
+        if self.kind in ("posted", "pending") and self.pending_id:
+            raise ValueError(f"pending_id is only for post_pending and void_pending, not {self.kind}")
+        if self.timeout_s is not None and self.kind != "pending":
+            raise ValueError("timeout_s is only for pending transfers")
+        if self.reverses is not None and self.kind != "posted":
+            raise ValueError("only a posted transfer can reverse another")
+        if self.legs:
+            if sum(leg.amount_pence for leg in self.legs) != 0:
+                raise ValueError("legs must sum to zero (debits equal credits)")
+            if any(leg.amount_pence == 0 for leg in self.legs):
+                raise ValueError("a leg must move a non-zero amount")
+            if len({leg.account_id for leg in self.legs}) != len(self.legs):
+                raise ValueError("each account may appear once per entry")
         return self
+
+    @property
+    def key(self) -> str:
+        """The Kafka message key: ordering_key when set, else the transfer id."""
+        return self.ordering_key or self.transfer_id
 
 
 class TransferPosted(Contract):
     """The ledger's answer to a transfer request: posted (with its place in the chain) or rejected."""
 
     transfer_id: ExternalId
-    status: Literal["posted", "rejected"]
+    status: Literal["posted", "pending", "voided", "rejected"]
     entry_seq: int | None = None
     entry_hash: str | None = None
     reason: str | None = None

@@ -27,7 +27,7 @@ from services.payments.domain import (
     window_end,
 )
 from services.payments.schemes import FftRelease, Scheme
-from shared.contracts import FftAnswer
+from shared.contracts import FftAnswer, PaymentRequested
 from shared.money import BPS_WHOLE, InvariantError, bps_of
 
 PROPS = settings(max_examples=150, deadline=None)
@@ -132,6 +132,24 @@ def test_hold_property(amount: int, at_risk_bps: int, in_trial: bool) -> None:
     assert legs.get("held:RJ1", 0) == ep.at_risk_pence
     assert legs.get("provider:RJ1", 0) + legs.get("held:RJ1", 0) == amount
     assert all(v != 0 for v in legs.values())
+
+
+@pytest.mark.parametrize("length", [1, 93, 94, 95, 96, 100])
+def test_hold_and_settle_accept_every_valid_payment_id(length: int) -> None:
+    # Any payment_id that PaymentRequested accepts (ExternalId: up to 100 characters) must be holdable
+    # and settleable: the ledger transfer ids derived from it must be valid ExternalIds too.
+    payment_id = "p" * length
+    req = PaymentRequested(payment_id=payment_id, episode_id="ep-1", commissioner_code="QWE", provider_code="RJ1",
+                           service_type="inpatient", activity_date=ACTIVITY, amount_pence=100_000)
+    s = scheme(min_responses_per_period=0)
+    ep, t = hold(payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
+                 provider_code=req.provider_code, region_code="Y56", service_type=req.service_type,
+                 activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=s)
+    assert t.cause.payment_id == payment_id
+    assert payment_id in t.transfer_id
+    r = settle([ep], [], s, provider_code="RJ1", period="2026-05")
+    assert r.lines[0].transfer is not None and payment_id in r.lines[0].transfer.transfer_id
+    assert len({t.transfer_id, r.lines[0].transfer.transfer_id}) == 2
 
 
 # ---------------------------------------------------------------------------------------------
