@@ -23,6 +23,12 @@ ExternalId = Annotated[
 ]
 """A client-chosen id (payment, episode, submission, transfer). It is also the idempotency key."""
 
+TransferId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+]
+"""A ledger transfer id. Longer than ExternalId so that ids derived from a client's id
+(``settle:<payment_id>``, ``release:<payment_id>``) always fit."""
+
 OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3}([A-Z0-9]{2})?$")]
 """An ODS organisation code: 3 characters (trust, ICB) or 5 (trust site)."""
 
@@ -162,12 +168,12 @@ class TransferRequested(Contract):
     the Kafka message key, so they land on one partition in order.
     """
 
-    transfer_id: ExternalId
+    transfer_id: TransferId
     kind: TransferKind = "posted"
     legs: tuple[Leg, ...] = Field(default=(), max_length=MAX_LEGS)
-    pending_id: ExternalId | None = None
+    pending_id: TransferId | None = None
     timeout_s: int | None = Field(default=None, ge=1, le=366 * 86_400)
-    reverses: ExternalId | None = None
+    reverses: TransferId | None = None
     ordering_key: ExternalId | None = None
     cause: TransferCause
 
@@ -203,7 +209,7 @@ class TransferRequested(Contract):
 class TransferPosted(Contract):
     """The ledger's answer to a transfer request: posted (with its place in the chain) or rejected."""
 
-    transfer_id: ExternalId
+    transfer_id: TransferId
     status: Literal["posted", "pending", "voided", "rejected"]
     entry_seq: int | None = None
     entry_hash: str | None = None

@@ -62,6 +62,18 @@ def install(app: FastAPI, service: str) -> None:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(422, "Invalid request", detail, errors=errors)
 
+    @app.exception_handler(Exception)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Database or broker briefly unreachable: nothing was written (the transaction rolled
+        # back), so the client can safely retry the same request (it is idempotent).
+        from shared.consumer import TRANSIENT_ERRORS
+
+        if isinstance(exc, TRANSIENT_ERRORS):
+            response = problem_response(503, "Service unavailable", "a dependency is briefly unavailable; retry the same request")
+            response.headers["Retry-After"] = "1"
+            return response
+        return problem_response(500, "Internal error", "unexpected error; it has been logged")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}

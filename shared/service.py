@@ -30,12 +30,17 @@ from shared.consumer import (
     raw_headers,
     validation_reason,
 )
+from prometheus_client import Gauge
+
 from shared.kafka import ensure_topics, make_producer
 from shared.logging import correlation_id_var
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+CONSUMER_LAG = Gauge("consumer_lag_records", "Records behind the partition's high watermark", ["topic", "partition", "group"])
+LAG_INTERVAL_S = 5.0
 
 
 async def raw_decoder(msg: Any, original: Any = None) -> bytes:
@@ -95,6 +100,7 @@ class Runtime:
         self.attempts = AttemptTracker()
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._lag_task: asyncio.Task | None = None
 
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         self._on_start.append(fn)
@@ -139,9 +145,14 @@ class Runtime:
         for fn in self._on_start:
             await fn()
         await self.broker.start()
+        self._lag_task = asyncio.create_task(self._watch_lag(), name="consumer-lag")
         log.info("%s started", self.settings.service_name)
 
     async def stop(self) -> None:
+        if self._lag_task:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._lag_task
         with contextlib.suppress(Exception):
             await self.broker.stop()
         for fn in self._on_stop:
@@ -157,6 +168,25 @@ class Runtime:
         if self.pool:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), timeout=5)
+
+    async def _watch_lag(self) -> None:
+        """Export consumer lag per partition (high watermark minus position) every few seconds."""
+        while True:
+            await asyncio.sleep(LAG_INTERVAL_S)
+            for sub in list(self.broker.subscribers):
+                consumer = getattr(sub, "consumer", None)
+                if consumer is None:
+                    continue
+                group = getattr(consumer, "_group_id", None) or ""
+                try:
+                    for tp in consumer.assignment():
+                        high = consumer.highwater(tp)
+                        if high is None:
+                            continue
+                        position = await consumer.position(tp)
+                        CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(max(0, high - position))
+                except Exception as exc:  # rebalancing or stopping: try again next round
+                    log.debug("lag probe skipped: %s", exc)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:

@@ -272,6 +272,56 @@ def test_transfer_posted_status_literal() -> None:
         TransferPosted(transfer_id="t1", status="duplicate")  # type: ignore[arg-type]
 
 
+# Two-phase transfer shapes (pending / post_pending / void_pending, reverses, ordering_key).
+TWO_LEGS = legs(("held:RJ1", -500), ("provider:RJ1", 500))
+
+
+def shaped(**fields: Any) -> TransferRequested:
+    return TransferRequested.model_validate({"transfer_id": "t1", "cause": {"kind": "manual"}, **fields})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"legs": TWO_LEGS},
+        {"kind": "pending", "legs": TWO_LEGS, "timeout_s": 86_400},
+        {"kind": "post_pending", "pending_id": "t0"},
+        {"kind": "post_pending", "pending_id": "t0", "legs": TWO_LEGS},
+        {"kind": "void_pending", "pending_id": "t0"},
+        {"legs": TWO_LEGS, "reverses": "t0"},
+    ],
+)
+def test_two_phase_shapes_accepted(fields: dict[str, Any]) -> None:
+    t = shaped(**fields)
+    assert t.kind == fields.get("kind", "posted")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "a posted transfer needs at least two legs"),
+        ({"kind": "pending", "legs": legs(("held:RJ1", -1))}, "a pending transfer needs at least two legs"),
+        ({"kind": "void_pending", "pending_id": "t0", "legs": TWO_LEGS}, "void_pending takes no legs"),
+        ({"kind": "post_pending"}, "post_pending needs pending_id"),
+        ({"kind": "void_pending"}, "void_pending needs pending_id"),
+        ({"legs": TWO_LEGS, "pending_id": "t0"}, "pending_id is only for post_pending and void_pending, not posted"),
+        ({"legs": TWO_LEGS, "timeout_s": 60}, "timeout_s is only for pending transfers"),
+        ({"kind": "pending", "legs": TWO_LEGS, "timeout_s": 0}, "timeout_s"),
+        ({"kind": "pending", "legs": TWO_LEGS, "reverses": "t0"}, "only a posted transfer can reverse another"),
+        ({"kind": "post_pending", "pending_id": "t0", "legs": legs(("held:RJ1", -1), ("provider:RJ1", 2))}, "sum to zero"),
+        ({"kind": "settle", "legs": TWO_LEGS}, "kind"),
+    ],
+)
+def test_two_phase_shapes_rejected(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        shaped(**fields)
+
+
+def test_transfer_key_is_ordering_key_or_transfer_id() -> None:
+    assert shaped(legs=TWO_LEGS).key == "t1"
+    assert shaped(legs=TWO_LEGS, ordering_key="pay-1").key == "pay-1"
+
+
 ACCOUNTS = ["commissioner:QWE", "commissioner:QMJ", "provider:RJ1", "provider:RTH", "held:RJ1", "held:RTH", "fund:Y56", "fund:Y59"]
 
 

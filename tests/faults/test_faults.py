@@ -1,0 +1,31 @@
+"""`make test-faults`: the fault-injection suite (see chaos.py). Prints the counts it checked."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.faults import chaos
+
+pytestmark = pytest.mark.faults
+
+
+async def test_nothing_lost_or_doubled_under_faults() -> None:
+    episodes = int(os.environ.get("FAULTS_EPISODES", "20000"))
+    kills = int(os.environ.get("FAULTS_KILLS", "20"))
+    result = await chaos.run(episodes=episodes, min_kills=kills)
+    c = result["counters"]
+    print(
+        f"faults: episodes={c.episodes} submissions={c.submissions} kills={c.kills} broker_pauses={c.broker_pauses}"
+        f" postgres_restarts={c.postgres_restarts} replays={c.replays} bad_events={c.bad_events}"
+        f" lost={result['lost']} doubled={result['doubled']} unbalanced={result['unbalanced_payments']}"
+        f" ledger_sum={result['ledger_sum']} chain={'ok' if result['chain_ok'] else 'BROKEN'} seconds={result['seconds']:.0f}"
+    )
+    assert c.kills >= kills and c.broker_pauses >= 1 and c.postgres_restarts >= 1 and c.replays >= 1
+    assert result["lost"] == 0
+    assert result["doubled"] == 0
+    assert result["unbalanced_payments"] == 0, result["examples"]
+    assert result["ledger_sum"] == 0
+    assert result["chain_ok"]
+    assert not result["replay_changed_ledger"]
