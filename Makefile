@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-feedback whatif clean help
+.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-feedback whatif docs test-faults clean help
 
 help:
 	@echo "make demo   - install, start Kafka + PostgreSQL + 3 services, run a scripted month, print balances, stop"
@@ -25,8 +25,14 @@ demo: install
 up: install
 	$(BIN)/python -m shared.demo up
 
+# pytest exits 5 when it collected no tests: that is a failure of intent, said out loud.
+PYTEST = $(BIN)/python -m pytest
+define run_pytest
+	$(PYTEST) $(1); s=$$?; if [ $$s -eq 5 ]; then echo "no tests were collected: failing" >&2; fi; exit $$s
+endef
+
 test: install
-	$(BIN)/python -m pytest
+	$(call run_pytest,tests/unit tests/integration tests/e2e)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
@@ -42,6 +48,12 @@ bench-ledger: install
 
 bench-feedback: install
 	$(BIN)/python -m bench.feedback
+
+test-faults: install
+	$(call run_pytest,tests/faults -s -p no:logging)
+
+docs: install
+	$(BIN)/python -m shared.docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -7,7 +7,7 @@ environment can point all services at one Kafka while each keeps its own databas
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,15 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_ms: int = Field(default=200, ge=5, le=60_000)
     consumer_max_attempts: int = Field(default=5, ge=1, le=100)
     log_level: str = "INFO"
+    # Bearer-token auth (shared/auth.py). The HS256 secret default is for development only;
+    # production sets AUTH_JWKS_JSON (the identity provider's public keys) and clears the secret.
+    auth_enabled: bool = Field(default=True, validation_alias=AliasChoices("AUTH_ENABLED"))
+    auth_hs256_secret: SecretStr | None = Field(
+        default=SecretStr("dev-only-jwt-secret-change-me-0123456789abcdef"), validation_alias=AliasChoices("AUTH_HS256_SECRET")
+    )
+    auth_jwks_json: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_JWKS_JSON"))
+    auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
+    auth_audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_AUDIENCE"))
 
 
 def settings_config(prefix: str) -> SettingsConfigDict:
