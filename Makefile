@@ -55,5 +55,8 @@ test-faults: install
 docs: install
 	$(BIN)/python -m shared.docs
 
+whatif: install
+	$(BIN)/python -m services.payments.whatif --schemes services/payments/schemes --events services/payments/examples/events.jsonl
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

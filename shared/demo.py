@@ -115,7 +115,8 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
         async def settled() -> dict[str, Any] | None:
             tb = (await http.get(f"{ledger_url}/v1/trial-balance")).json()
             held = [a for a in tb["accounts"] if a["type"] == "held" and a["posted_pence"] != 0]
-            return tb if not held and tb["accounts"] else None
+            pending = tb.get("pending_debits_pence", 0)  # two-phase holds still open
+            return tb if not held and not pending and tb["accounts"] else None
 
         tb = await wait_until(settled)
         verify = (await http.get(f"{ledger_url}/v1/verify")).json()

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.auth import SCOPES, mint
 from shared.db import ensure_database
 from shared.devstack import EmbeddedKafka, docker_available, start_infra
 
@@ -71,12 +72,19 @@ async def database(infra) -> AsyncIterator[str]:
         await conn.close()
 
 
+ALL_SCOPES_TOKEN = mint(sorted(SCOPES), subject="tests", ttl_s=6 * 3600)
+
+
 @contextlib.asynccontextmanager
-async def running(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """Run a service app in-process (lifespan: migrations, consumers, relay) with an HTTP client."""
+async def running(app: Any, *, token: str | None = ALL_SCOPES_TOKEN) -> AsyncIterator[httpx.AsyncClient]:
+    """Run a service app in-process (lifespan: migrations, consumers, relay) with an HTTP client.
+
+    The client sends a bearer token with every scope unless ``token`` says otherwise (None: no token).
+    """
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30, headers=headers) as client:
             yield client
 
 

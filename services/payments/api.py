@@ -1,18 +1,18 @@
-"""The payments service's HTTP API: payment requests, episodes, schemes, settlements."""
+"""The payments service's HTTP API: payment requests, episodes, schemes, settlements, appeals, figures."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from services.payments import store
 from services.payments.schemes import Scheme
-from shared.contracts import OdsCode, PaymentRequested
+from shared.contracts import OdsCode, PaymentRequested, RegionCode
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
 
@@ -28,6 +28,7 @@ class AcceptedView(BaseModel):
     scheme_id: str | None
     scheme_version: int | None
     hold_transfer_id: str
+    transfer_ids: tuple[str, ...] = ()
 
 
 class BatchItemResult(BaseModel):
@@ -77,11 +78,37 @@ def _cid() -> str:
     return correlation_id_var.get() or str(uuid.uuid4())
 
 
+# ---------------------------------------------------------------------------------------------
+# Authorisation seam
+# ---------------------------------------------------------------------------------------------
+def require_scope(scope: str):  # type: ignore[no-untyped-def]
+    """The one place authorisation will be enforced (JWT scopes, a later issue).
+
+    Today every caller is allowed and the request body names the person acting (``appealed_by``,
+    ``decided_by``), which is recorded with the time of each step. Replace ``_allow`` with a check
+    of the bearer token's scopes (``appeals:write`` for providers, ``appeals:decide`` for the
+    commissioning team, ``schemes:admin`` for finance; see ``shared/auth.py``) and nothing else
+    needs to change. When it is enforced, ``appealed_by`` / ``decided_by`` should come from the
+    token's subject rather than the body.
+    """
+
+    async def _allow(request: Request) -> str:
+        return scope
+
+    return Depends(_allow)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+
 async def _accept(request: Request, req: PaymentRequested) -> store.Accepted:
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
-            return await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid())
+            return await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid(),
+                                              hold_model=rt.hold_model)
 
 
 @router.post("/payment-requests", response_model=AcceptedView, status_code=201, tags=["payments"],
@@ -138,7 +165,8 @@ async def list_schemes(request: Request) -> list[Scheme]:
 
 
 @router.post("/settlements/run", response_model=list[SettlementView], tags=["settlements"],
-             summary="Settle a period now (admin); idempotent per provider and period")
+             summary="Settle a period now (admin); idempotent per provider and period",
+             dependencies=[require_scope("schemes:admin")])
 async def run_settlement(request: Request, body: SettlementRun) -> list[SettlementView]:
     rt = _rt(request)
     try:
@@ -163,3 +191,108 @@ async def list_settlements(request: Request, period: Annotated[str, Field(patter
 
 def today() -> date:
     return date.today()
+
+
+Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class AppealRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    appealed_by: Actor = Field(description="Who at the provider is appealing (recorded)")
+    reason: Reason = Field(description="Why the provider believes the diversion is wrong")
+
+
+class AppealDecision(BaseModel):
+    model_config = {"extra": "forbid"}
+    outcome: Literal["upheld", "rejected"]
+    decided_by: Actor = Field(description="The authorised person deciding (recorded)")
+    reason: Reason = Field(description="Why: shown to the provider and auditors")
+
+
+EpisodeId = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+def _refused(exc: Exception) -> Problem:
+    if isinstance(exc, store.NotFound):
+        return Problem(404, "Not found", str(exc))
+    return Problem(409, "Not allowed now", str(exc))
+
+
+@router.post("/episodes/{episode_id}/appeal", tags=["appeals"], status_code=201,
+             summary="A provider appeals an episode's diversion (within the scheme's appeal window after settlement)",
+             dependencies=[require_scope("appeals:write")])
+async def open_appeal(request: Request, response: Response, episode_id: EpisodeId, body: AppealRequest) -> dict[str, Any]:
+    rt = _rt(request)
+    try:
+        async with rt.pool.acquire() as conn:
+            async with conn.transaction():
+                appeal, created = await store.open_appeal(conn, episode_id, appealed_by=body.appealed_by,
+                                                          reason=body.reason, book=rt.book, now=now())
+    except (store.NotFound, store.Refused) as exc:
+        raise _refused(exc) from exc
+    if not created:
+        response.status_code = 200
+    return appeal
+
+
+@router.post("/episodes/{episode_id}/appeal/decision", tags=["appeals"],
+             summary="Uphold (fund -> provider) or reject an open appeal, with a reason",
+             dependencies=[require_scope("appeals:decide")])
+async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDecision) -> dict[str, Any]:
+    rt = _rt(request)
+    try:
+        async with rt.pool.acquire() as conn:
+            async with conn.transaction():
+                appeal, _changed = await store.decide_appeal(conn, episode_id, outcome=body.outcome,
+                                                             decided_by=body.decided_by, reason=body.reason,
+                                                             now=now(), correlation_id=_cid())
+    except (store.NotFound, store.Refused) as exc:
+        raise _refused(exc) from exc
+    return appeal
+
+
+@router.get("/episodes/{episode_id}/appeal", tags=["appeals"], summary="An episode's appeal with every step (who, when, why)")
+async def get_appeal(request: Request, episode_id: EpisodeId) -> dict[str, Any]:
+    async with _rt(request).pool.acquire() as conn:
+        appeal = await store.appeal_view(conn, episode_id)
+    if appeal is None:
+        raise Problem(404, "Not found", f"episode {episode_id} has no appeal")
+    return appeal
+
+
+@router.get("/appeals", tags=["appeals"], summary="Appeals, oldest first (e.g. the open ones awaiting a decision)")
+async def list_appeals(
+    request: Request,
+    status: Annotated[Literal["open", "upheld", "rejected"] | None, Query()] = None,
+    provider_code: Annotated[OdsCode | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    async with _rt(request).pool.acquire() as conn:
+        return await store.list_appeals(conn, status=status, provider_code=provider_code, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures per period
+# ---------------------------------------------------------------------------------------------
+Period = Annotated[str, Path(pattern=PERIOD_RE.pattern, description="YYYY-MM")]
+
+
+@router.get("/providers/{provider_code}/periods/{period}", tags=["figures"],
+            summary="A provider's month: billed, held, released, diverted, appealed back, responses")
+async def provider_period(request: Request, provider_code: Annotated[OdsCode, Path()], period: Period) -> dict[str, Any]:
+    rt = _rt(request)
+    if provider_code not in rt.reference.providers:
+        raise Problem(404, "Not found", f"{provider_code} is not a known provider")
+    async with rt.pool.acquire() as conn:
+        return await store.provider_figures(conn, provider_code, period)
+
+
+@router.get("/funds/{region_code}/periods/{period}", tags=["figures"],
+            summary="A regional fund's month: diverted in, appealed back out, by provider")
+async def fund_period(request: Request, region_code: Annotated[RegionCode, Path()], period: Period) -> dict[str, Any]:
+    rt = _rt(request)
+    if region_code not in rt.reference.regions:
+        raise Problem(404, "Not found", f"{region_code} is not a known region")
+    async with rt.pool.acquire() as conn:
+        return await store.fund_figures(conn, region_code, period)

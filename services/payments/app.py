@@ -24,8 +24,9 @@ class PaymentsRuntime(Runtime):
         super().__init__(settings, migrations=("services.payments",))
         # Loaded (and validated) before anything starts: a bad scheme file stops the service at
         # boot with a message naming the file and field, rather than mis-settling money later.
-        self.book = load_schemes(settings.schemes_dir)
         self.reference = load_reference(settings.reference_dir)
+        self.book = load_schemes(settings.schemes_dir, self.reference)
+        self.hold_model = settings.ledger_hold_model
 
 
 def create_app(settings: PaymentsSettings | None = None) -> FastAPI:

@@ -35,7 +35,8 @@ def register(runtime: Any, settings: Any) -> None:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
                     await store.accept_payment(conn, env.data, book=rt.book, ref=rt.reference,
-                                               correlation_id=env.correlation_id, causation_id=str(env.event_id))
+                                               correlation_id=env.correlation_id, causation_id=str(env.event_id),
+                                               hold_model=rt.hold_model)
         except (store.InputError, store.Conflict) as exc:
             raise BadEvent(str(exc)) from exc
 

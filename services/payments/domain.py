@@ -37,16 +37,54 @@ def fund_account(region_code: str) -> str:
     return f"fund:{region_code}"
 
 
+# Transfer ids are derived from the payment id, so a retry or a full replay asks the ledger for
+# the same transfers and the ledger's idempotency makes them no-ops. A transfer id (TransferId,
+# up to 128 characters) always has room for the longest prefix plus any payment id (ExternalId,
+# up to 100), so the whole payment id is always readable in it.
+MAX_TRANSFER_ID = 128
+
+
+def derived_transfer_id(prefix: str, payment_id: str) -> str:
+    transfer_id = f"{prefix}:{payment_id}"
+    check(len(transfer_id) <= MAX_TRANSFER_ID, f"derived transfer id too long: {transfer_id!r}")
+    return transfer_id
+
+
 def hold_transfer_id(payment_id: str) -> str:
-    return f"hold:{payment_id}"
+    return derived_transfer_id("hold", payment_id)
+
+
+def pay_transfer_id(payment_id: str) -> str:
+    return derived_transfer_id("pay", payment_id)
 
 
 def settle_transfer_id(payment_id: str) -> str:
-    return f"settle:{payment_id}"
+    return derived_transfer_id("settle", payment_id)
+
+
+def release_transfer_id(payment_id: str) -> str:
+    return derived_transfer_id("release", payment_id)
+
+
+def divert_transfer_id(payment_id: str) -> str:
+    return derived_transfer_id("divert", payment_id)
 
 
 def appeal_transfer_id(payment_id: str) -> str:
-    return f"appeal:{payment_id}"
+    return derived_transfer_id("appeal", payment_id)
+
+
+# How the at-risk part is held in the ledger, recorded per episode so a deployment can switch
+# without stranding money held the other way:
+# - "held_account": hold:<pid> posts commissioner -> provider (not at risk) + held:<provider>
+#   (at risk); settle:<pid> posts held -> provider (released) + fund (diverted).
+# - "two_phase": pay:<pid> posts commissioner -> provider (not at risk); hold:<pid> is a
+#   PENDING commissioner -> provider transfer (at risk); at settlement release:<pid> posts it
+#   in part (the released amount) or voids it, and divert:<pid> posts commissioner -> fund.
+# Every transfer a payment causes carries ordering_key=<payment_id> (the Kafka key), so they
+# reach the ledger on one partition, in order.
+HoldModel = Literal["held_account", "two_phase"]
+HOLD_MODELS: tuple[HoldModel, ...] = ("held_account", "two_phase")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,10 +103,68 @@ class Episode:
     at_risk_pence: int
     scheme_id: str | None
     scheme_version: int | None
+    hold_model: HoldModel = "held_account"
 
     @property
     def period(self) -> str:
         return period_of(self.activity_date)
+
+
+def new_episode(
+    *,
+    payment_id: str,
+    episode_id: str,
+    commissioner_code: str,
+    provider_code: str,
+    region_code: str,
+    service_type: str,
+    activity_date: date,
+    amount_pence: int,
+    scheme: Scheme | None,
+    hold_model: HoldModel = "held_account",
+) -> Episode:
+    """Out of trial (no scheme) means nothing is at risk: the whole amount is paid."""
+    check(hold_model in HOLD_MODELS, f"unknown hold model {hold_model!r}")
+    at_risk = bps_of(amount_pence, scheme.at_risk_bps) if scheme else 0
+    return Episode(
+        payment_id, episode_id, commissioner_code, provider_code, region_code, service_type, activity_date,
+        amount_pence, at_risk, scheme.scheme_id if scheme else None, scheme.version if scheme else None, hold_model,
+    )
+
+
+def _cause(e: Episode, kind: str, **extra: object) -> TransferCause:
+    return TransferCause(
+        kind=kind, payment_id=e.payment_id, episode_id=e.episode_id, provider_code=e.provider_code,  # type: ignore[arg-type]
+        period=e.period, scheme_id=e.scheme_id, scheme_version=e.scheme_version, **extra,  # type: ignore[arg-type]
+    )
+
+
+def payment_transfers(e: Episode) -> tuple[TransferRequested, ...]:
+    """The ledger transfers that accept a payment: pay the part not at risk, hold the rest."""
+    paid_now = e.amount_pence - e.at_risk_pence
+    commissioner, provider = commissioner_account(e.commissioner_code), provider_account(e.provider_code)
+    if e.hold_model == "held_account":
+        legs = [Leg(account_id=commissioner, amount_pence=-e.amount_pence)]
+        if paid_now:
+            legs.append(Leg(account_id=provider, amount_pence=paid_now))
+        if e.at_risk_pence:
+            legs.append(Leg(account_id=held_account(e.provider_code), amount_pence=e.at_risk_pence))
+        return (TransferRequested(transfer_id=hold_transfer_id(e.payment_id), legs=tuple(legs),
+                                  ordering_key=e.payment_id, cause=_cause(e, "payment_hold")),)
+    out = []
+    if paid_now:
+        out.append(TransferRequested(
+            transfer_id=pay_transfer_id(e.payment_id), ordering_key=e.payment_id, cause=_cause(e, "payment"),
+            legs=(Leg(account_id=commissioner, amount_pence=-paid_now), Leg(account_id=provider, amount_pence=paid_now)),
+        ))
+    if e.at_risk_pence:
+        out.append(TransferRequested(
+            transfer_id=hold_transfer_id(e.payment_id), kind="pending", ordering_key=e.payment_id,
+            cause=_cause(e, "payment_hold"),
+            legs=(Leg(account_id=commissioner, amount_pence=-e.at_risk_pence),
+                  Leg(account_id=provider, amount_pence=e.at_risk_pence)),
+        ))
+    return tuple(out)
 
 
 def hold(
@@ -83,29 +179,56 @@ def hold(
     amount_pence: int,
     scheme: Scheme | None,
 ) -> tuple[Episode, TransferRequested]:
-    """Accept a payment: pay the part not at risk at once and hold the rest.
+    """Accept a payment (held-account model): pay the part not at risk at once and hold the rest.
 
     Out of trial (no scheme) means nothing is at risk: the whole amount is paid.
     """
-    at_risk = bps_of(amount_pence, scheme.at_risk_bps) if scheme else 0
-    episode = Episode(
-        payment_id, episode_id, commissioner_code, provider_code, region_code, service_type, activity_date,
-        amount_pence, at_risk, scheme.scheme_id if scheme else None, scheme.version if scheme else None,
+    episode = new_episode(
+        payment_id=payment_id, episode_id=episode_id, commissioner_code=commissioner_code,
+        provider_code=provider_code, region_code=region_code, service_type=service_type,
+        activity_date=activity_date, amount_pence=amount_pence, scheme=scheme,
     )
-    legs = [Leg(account_id=commissioner_account(commissioner_code), amount_pence=-amount_pence)]
-    if amount_pence - at_risk:
-        legs.append(Leg(account_id=provider_account(provider_code), amount_pence=amount_pence - at_risk))
-    if at_risk:
-        legs.append(Leg(account_id=held_account(provider_code), amount_pence=at_risk))
-    transfer = TransferRequested(
-        transfer_id=hold_transfer_id(payment_id),
-        legs=tuple(legs),
-        cause=TransferCause(
-            kind="payment_hold", payment_id=payment_id, episode_id=episode_id, provider_code=provider_code,
-            period=episode.period, scheme_id=episode.scheme_id, scheme_version=episode.scheme_version,
-        ),
-    )
-    return episode, transfer
+    return episode, payment_transfers(episode)[0]
+
+
+def settlement_transfers(e: Episode, *, released_pence: int, diverted_pence: int, period: str) -> tuple[TransferRequested, ...]:
+    """The ledger transfers that settle an episode's held amount: released + diverted = at risk."""
+    check(released_pence >= 0 and diverted_pence >= 0, "settled amounts are non-negative")
+    check(released_pence + diverted_pence == e.at_risk_pence, "held = released + diverted")
+    if not e.at_risk_pence:
+        return ()
+    if e.hold_model == "held_account":
+        legs = [Leg(account_id=held_account(e.provider_code), amount_pence=-e.at_risk_pence)]
+        if released_pence:
+            legs.append(Leg(account_id=provider_account(e.provider_code), amount_pence=released_pence))
+        if diverted_pence:
+            legs.append(Leg(account_id=fund_account(e.region_code), amount_pence=diverted_pence))
+        return (TransferRequested(transfer_id=settle_transfer_id(e.payment_id), legs=tuple(legs),
+                                  ordering_key=e.payment_id, cause=_cause(e, "settlement")),)
+    commissioner = commissioner_account(e.commissioner_code)
+    hold_id = hold_transfer_id(e.payment_id)
+    release_id = release_transfer_id(e.payment_id)
+    if released_pence == e.at_risk_pence:
+        release = TransferRequested(transfer_id=release_id, kind="post_pending", pending_id=hold_id,
+                                    ordering_key=e.payment_id, cause=_cause(e, "release"))
+    elif released_pence:
+        release = TransferRequested(
+            transfer_id=release_id, kind="post_pending", pending_id=hold_id, ordering_key=e.payment_id,
+            cause=_cause(e, "release"),
+            legs=(Leg(account_id=commissioner, amount_pence=-released_pence),
+                  Leg(account_id=provider_account(e.provider_code), amount_pence=released_pence)),
+        )
+    else:
+        release = TransferRequested(transfer_id=release_id, kind="void_pending", pending_id=hold_id,
+                                    ordering_key=e.payment_id, cause=_cause(e, "release"))
+    out = [release]
+    if diverted_pence:
+        out.append(TransferRequested(
+            transfer_id=divert_transfer_id(e.payment_id), ordering_key=e.payment_id, cause=_cause(e, "diversion"),
+            legs=(Leg(account_id=commissioner, amount_pence=-diverted_pence),
+                  Leg(account_id=fund_account(e.region_code), amount_pence=diverted_pence)),
+        ))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +307,12 @@ class EpisodeSettlement:
     diverted_pence: int
     released_pence: int
     steps: tuple[str, ...]
-    transfer: TransferRequested | None
+    transfers: tuple[TransferRequested, ...]
+
+    @property
+    def transfer(self) -> TransferRequested | None:
+        """The first (for the held-account model, the only) settlement transfer."""
+        return self.transfers[0] if self.transfers else None
 
 
 @dataclass
@@ -267,26 +395,63 @@ def settle(
             *steps_common,
             f"released {released}p to {provider_account(e.provider_code)}, diverted {dv}p to {fund_account(e.region_code)}",
         )
-        legs = [Leg(account_id=held_account(e.provider_code), amount_pence=-e.at_risk_pence)] if e.at_risk_pence else []
-        if released:
-            legs.append(Leg(account_id=provider_account(e.provider_code), amount_pence=released))
-        if dv:
-            legs.append(Leg(account_id=fund_account(e.region_code), amount_pence=dv))
-        transfer = (
-            TransferRequested(
-                transfer_id=settle_transfer_id(e.payment_id),
-                legs=tuple(legs),
-                cause=TransferCause(
-                    kind="settlement", payment_id=e.payment_id, episode_id=e.episode_id, provider_code=e.provider_code,
-                    period=period, scheme_id=scheme.scheme_id, scheme_version=scheme.version,
-                ),
-            )
-            if e.at_risk_pence
-            else None
-        )
-        report.lines.append(EpisodeSettlement(e, d, u, dv, released, steps, transfer))
+        transfers = settlement_transfers(e, released_pence=released, diverted_pence=dv, period=period)
+        report.lines.append(EpisodeSettlement(e, d, u, dv, released, steps, transfers))
         report.released_pence += released
         report.diverted_pence += dv
     check(report.released_pence + report.diverted_pence == report.held_pence, "held = released + diverted")
     check(report.diverted_pence <= report.cap_pence, "diversion within cap")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Appeals
+# ---------------------------------------------------------------------------------------------
+AppealStatus = Literal["open", "upheld", "rejected"]
+
+
+def appeal_deadline(settled_at: datetime, scheme: Scheme) -> datetime:
+    """A provider may appeal until this instant: the settlement time plus the scheme's window."""
+    return settled_at + timedelta(days=scheme.appeal_window_days)
+
+
+def appeal_refusal(
+    *, status: str, diverted_pence: int | None, settled_at: datetime | None, now: datetime, scheme: Scheme | None,
+    existing: AppealStatus | None,
+) -> str | None:
+    """Why this episode cannot be appealed now, or None if it can.
+
+    Only a settled episode with money diverted can be appealed, once, within the scheme's
+    appeal window after its settlement.
+    """
+    if existing is not None:
+        return f"this episode already has an appeal ({existing})"
+    if status != "settled" or settled_at is None:
+        return "only a settled episode can be appealed"
+    if not diverted_pence:
+        return "nothing was diverted from this episode, so there is nothing to appeal"
+    if scheme is None:
+        return "the episode's scheme is no longer loaded"
+    deadline = appeal_deadline(settled_at, scheme)
+    if now > deadline:
+        return f"the appeal window ({scheme.appeal_window_days} days after settlement) closed at {deadline.isoformat()}"
+    return None
+
+
+def decision_refusal(status: AppealStatus, outcome: Literal["upheld", "rejected"]) -> str | None:
+    """An appeal is decided once; deciding it again the same way is an idempotent no-op (None)."""
+    if status == "open" or status == outcome:
+        return None
+    return f"the appeal was already {status}"
+
+
+def appeal_transfer(e: Episode, *, diverted_pence: int, appeal_id: str) -> TransferRequested:
+    """An upheld appeal gives the provider back what was diverted: fund -> provider."""
+    check(diverted_pence > 0, "an upheld appeal returns a positive diversion")
+    check(diverted_pence <= e.at_risk_pence, "an appeal cannot return more than was at risk")
+    return TransferRequested(
+        transfer_id=appeal_transfer_id(e.payment_id), ordering_key=e.payment_id,
+        cause=_cause(e, "appeal_upheld", appeal_id=appeal_id),
+        legs=(Leg(account_id=fund_account(e.region_code), amount_pence=-diverted_pence),
+              Leg(account_id=provider_account(e.provider_code), amount_pence=diverted_pence)),
+    )

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.contracts import FftAnswer, PatientChoice
+from shared.contracts import FftAnswer, IcbCode, OdsCode, PatientChoice, RegionCode, ServiceType
+from shared.reference import ReferenceData
 
 
 class SchemeError(ValueError):
@@ -23,11 +24,13 @@ class SchemeError(ValueError):
 
 class Scope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # An empty list means "any".
-    regions: tuple[str, ...] = ()
-    commissioners: tuple[str, ...] = ()
-    providers: tuple[str, ...] = ()
-    service_types: tuple[str, ...] = ()
+    # An empty list means "any". Codes are checked for shape here and against the deployment's
+    # reference data when the folder is loaded (check_scope), so a typo cannot silently take a
+    # provider out of the trial.
+    regions: tuple[RegionCode, ...] = ()
+    commissioners: tuple[IcbCode, ...] = ()
+    providers: tuple[OdsCode, ...] = ()
+    service_types: tuple[ServiceType, ...] = ()
 
     def covers(self, *, region: str, commissioner: str, provider: str, service_type: str) -> bool:
         return all(
@@ -169,9 +172,36 @@ class SchemeBook:
         return max(candidates, key=lambda s: (s.priority, s.effective_from, s.version, s.scheme_id))
 
 
-def load_schemes(folder: str | Path) -> SchemeBook:
+def check_scope(scheme: Scheme, ref: ReferenceData, source: str = "<scheme>") -> None:
+    """Every code in the scope must exist in the reference data; the error names file and field."""
+    known = {
+        "regions": ref.regions,
+        "commissioners": ref.commissioners,
+        "providers": ref.providers,
+    }
+    problems = []
+    for name, table in known.items():
+        for i, code in enumerate(getattr(scheme.scope, name)):
+            if code not in table:
+                problems.append(f"scope.{name}.{i}: {code} is not in the reference data")
+    if problems:
+        raise SchemeError(f"{source}: " + "; ".join(problems))
+
+
+def load_schemes(folder: str | Path, reference: ReferenceData | None = None) -> SchemeBook:
+    """Load and validate every ``*.toml`` in ``folder``; with ``reference``, check scope codes too."""
     base = Path(folder)
     if not base.is_dir():
         raise SchemeError(f"{base}: scheme folder not found")
     files = sorted(base.glob("*.toml"))
-    return SchemeBook([parse_scheme(p.read_text(encoding="utf-8"), p.name) for p in files])
+    schemes: list[Scheme] = []
+    sources: dict[str, str] = {}
+    for p in files:
+        scheme = parse_scheme(p.read_text(encoding="utf-8"), p.name)
+        if reference is not None:
+            check_scope(scheme, reference, p.name)
+        if scheme.key in sources:
+            raise SchemeError(f"{p.name}: {scheme.key} is defined twice (also in {sources[scheme.key]})")
+        sources[scheme.key] = p.name
+        schemes.append(scheme)
+    return SchemeBook(schemes)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,3 +28,8 @@ class PaymentsSettings(ServiceSettings):
     batch_max_items: int = Field(default=1000, ge=1, le=10_000)
     settlement_schedule_enabled: bool = False
     settlement_check_interval_s: int = Field(default=3600, ge=1, le=86_400)
+    # How the at-risk part is held in the ledger (services/payments/domain.py, HoldModel):
+    # "two_phase" (default): a pending commissioner -> provider transfer per payment, posted in
+    # part or voided at settlement; needs a ledger with two-phase support. "held_account": posted
+    # to held:<provider> (for a ledger without it). Recorded per episode, so switching is safe.
+    ledger_hold_model: Literal["held_account", "two_phase"] = "two_phase"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -18,6 +18,7 @@ from services.payments import domain
 from services.payments.schemes import Scheme, SchemeBook
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested, envelope
 from shared.outbox import enqueue, outbox_row
+from shared.money import check
 from shared.reference import ReferenceData
 from shared.topics import LEDGER_TRANSFER_REQUESTS
 
@@ -47,6 +48,7 @@ class Accepted:
     scheme_id: str | None
     scheme_version: int | None
     hold_transfer_id: str
+    transfer_ids: tuple[str, ...] = ()
 
 
 def request_fingerprint(req: PaymentRequested) -> str:
@@ -67,7 +69,9 @@ def _transfer_rows(transfers: list[tuple[TransferRequested, str]], correlation_i
     for transfer, _episode in transfers:
         env = envelope(transfer, "ledger.transfer-requested.v1", producer=PRODUCER,
                        correlation_id=correlation_id, causation_id=causation_id)
-        yield outbox_row(LEDGER_TRANSFER_REQUESTS.name, transfer.transfer_id, env)
+        # Keyed by ordering_key (the payment id): a pending hold and the transfer that posts or
+        # voids it land on one partition, in order.
+        yield outbox_row(LEDGER_TRANSFER_REQUESTS.name, transfer.key, env)
 
 
 async def _request_transfers(conn: asyncpg.Connection, transfers: list[tuple[TransferRequested, str]],
@@ -83,27 +87,28 @@ async def _request_transfers(conn: asyncpg.Connection, transfers: list[tuple[Tra
 
 async def accept_payment(
     conn: asyncpg.Connection, req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData,
-    correlation_id: str, causation_id: str | None = None,
+    correlation_id: str, causation_id: str | None = None, hold_model: domain.HoldModel = "held_account",
 ) -> Accepted:
     """Idempotent on payment_id and episode_id. Caller provides the transaction."""
     region = validate_codes(req, ref)
     scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
                          provider=req.provider_code, service_type=req.service_type)
-    episode, transfer = domain.hold(
+    episode = domain.new_episode(
         payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
         provider_code=req.provider_code, region_code=region, service_type=req.service_type,
-        activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme,
+        activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme, hold_model=hold_model,
     )
+    transfers = domain.payment_transfers(episode)
     fp = request_fingerprint(req)
     status = "held" if episode.at_risk_pence else "paid_in_full"
     inserted = await conn.fetchval(
         "INSERT INTO episodes(episode_id, payment_id, commissioner_code, provider_code, region_code, service_type,"
         " activity_date, period, amount_pence, at_risk_pence, scheme_id, scheme_version, request_fingerprint, request,"
-        " correlation_id, status)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16) ON CONFLICT DO NOTHING RETURNING 1",
+        " correlation_id, status, hold_model)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16,$17) ON CONFLICT DO NOTHING RETURNING 1",
         req.episode_id, req.payment_id, req.commissioner_code, req.provider_code, region, req.service_type,
         req.activity_date, episode.period, req.amount_pence, episode.at_risk_pence, episode.scheme_id,
-        episode.scheme_version, fp, req.model_dump_json(), correlation_id, status,
+        episode.scheme_version, fp, req.model_dump_json(), correlation_id, status, hold_model,
     )
     if not inserted:
         prior = await conn.fetchrow(
@@ -120,11 +125,13 @@ async def accept_payment(
                 f"payment {prior['payment_id']} / episode {prior['episode_id']} was already requested with different "
                 f"{', '.join(diff)}"
             )
+        prior_ids = tuple(t.transfer_id for t in domain.payment_transfers(_episode(prior)))
         return Accepted(req.payment_id, req.episode_id, "duplicate", prior["status"], prior["at_risk_pence"],
-                        prior["scheme_id"], prior["scheme_version"], domain.hold_transfer_id(req.payment_id))
-    await _request_transfers(conn, [(transfer, req.episode_id)], correlation_id, causation_id)
+                        prior["scheme_id"], prior["scheme_version"], prior_ids[-1], prior_ids)
+    await _request_transfers(conn, [(t, req.episode_id) for t in transfers], correlation_id, causation_id)
     return Accepted(req.payment_id, req.episode_id, "created", status, episode.at_risk_pence,
-                    episode.scheme_id, episode.scheme_version, transfer.transfer_id)
+                    episode.scheme_id, episode.scheme_version, transfers[-1].transfer_id,
+                    tuple(t.transfer_id for t in transfers))
 
 
 async def record_answer(conn: asyncpg.Connection, fb: FeedbackReceived) -> bool:
@@ -155,6 +162,7 @@ def _episode(r: asyncpg.Record) -> domain.Episode:
     return domain.Episode(
         r["payment_id"], r["episode_id"], r["commissioner_code"], r["provider_code"], r["region_code"],
         r["service_type"], r["activity_date"], r["amount_pence"], r["at_risk_pence"], r["scheme_id"], r["scheme_version"],
+        r["hold_model"],
     )
 
 
@@ -198,12 +206,13 @@ async def settle_unit(
         " decision = $5::jsonb WHERE episode_id = $1",
         [
             (line.episode.episode_id, settlement_id, line.released_pence, line.diverted_pence,
-             json.dumps({**asdict(line.decision), "steps": list(line.steps)}, default=str))
+             json.dumps({**asdict(line.decision), "steps": list(line.steps),
+                         "transfer_ids": [t.transfer_id for t in line.transfers]}, default=str))
             for line in report.lines
         ],
     )
     await _request_transfers(
-        conn, [(line.transfer, line.episode.episode_id) for line in report.lines if line.transfer], correlation_id, None
+        conn, [(t, line.episode.episode_id) for line in report.lines for t in line.transfers], correlation_id, None
     )
     return settlement_summary(settlement_id, report)
 
@@ -255,20 +264,39 @@ async def run_settlement(
 # ---------------------------------------------------------------------------------------------
 # Queries
 # ---------------------------------------------------------------------------------------------
+def _answer_role(submission_id: str, decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "recorded (episode not in trial)"
+    if submission_id == decision.get("deciding_submission_id"):
+        return "deciding"
+    if submission_id in decision.get("amendments", ()):
+        return "amendment (kept; changes money only if the scheme allows amendments)"
+    if submission_id in decision.get("ignored", ()):
+        return "ignored (outside the decision window)"
+    return "received after settlement (kept; does not change money)"
+
+
 async def episode_view(conn: asyncpg.Connection, episode_id: str, book: SchemeBook) -> dict[str, Any] | None:
-    r = await conn.fetchrow("SELECT * FROM episodes WHERE episode_id = $1", episode_id)
+    r = await conn.fetchrow(
+        "SELECT e.*, s.run_at AS settled_at FROM episodes e LEFT JOIN settlements s USING (settlement_id)"
+        " WHERE e.episode_id = $1", episode_id)
     if r is None:
         return None
     answers = await conn.fetch("SELECT * FROM answers WHERE episode_id = $1 ORDER BY authored_at, submission_id", episode_id)
     transfers = await conn.fetch("SELECT * FROM ledger_transfers WHERE episode_id = $1 ORDER BY requested_at, transfer_id", episode_id)
+    scheme = book.get(r["scheme_id"], r["scheme_version"]) if r["scheme_id"] is not None else None
     decision: dict[str, Any] | None
     if r["decision"] is not None:
         decision = {**json.loads(r["decision"]), "final": True}
-    elif r["scheme_id"] is not None and (scheme := book.get(r["scheme_id"], r["scheme_version"])):
+    elif scheme is not None:
         d = domain.decide(_episode(r), [_answer(a) for a in answers], scheme)
         decision = {**asdict(d), "final": False}
     else:
         decision = None
+    appeal = await appeal_view(conn, episode_id)
+    appeal_info: dict[str, Any] = {"appeal": appeal}
+    if appeal is None and r["status"] == "settled" and scheme is not None and r["settled_at"] is not None:
+        appeal_info["appealable_until"] = domain.appeal_deadline(r["settled_at"], scheme) if r["diverted_pence"] else None
     return {
         "episode_id": r["episode_id"],
         "payment_id": r["payment_id"],
@@ -283,13 +311,17 @@ async def episode_view(conn: asyncpg.Connection, episode_id: str, book: SchemeBo
         "at_risk_pence": r["at_risk_pence"],
         "released_pence": r["released_pence"],
         "diverted_pence": r["diverted_pence"],
+        "appealed_back_pence": appeal["diverted_pence"] if appeal and appeal["status"] == "upheld" else 0,
         "paid_now_pence": r["amount_pence"] - r["at_risk_pence"],
+        "hold_model": r["hold_model"],
         "scheme": {"scheme_id": r["scheme_id"], "version": r["scheme_version"]} if r["scheme_id"] else None,
         "settlement_id": r["settlement_id"],
+        "settled_at": r["settled_at"],
         "decision": decision,
         "answers": [
             {"submission_id": a["submission_id"], "instrument": a["instrument"], "fft_answer": a["fft_answer"],
-             "patient_choice": a["patient_choice"], "authored_at": a["authored_at"], "received_at": a["received_at"]}
+             "patient_choice": a["patient_choice"], "authored_at": a["authored_at"], "received_at": a["received_at"],
+             "amends_submission_id": a["amends_submission_id"], "role": _answer_role(a["submission_id"], decision)}
             for a in answers
         ],
         "ledger_transfers": [
@@ -297,7 +329,176 @@ async def episode_view(conn: asyncpg.Connection, episode_id: str, book: SchemeBo
              "reason": t["reason"]}
             for t in transfers
         ],
+        **appeal_info,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Appeals
+# ---------------------------------------------------------------------------------------------
+class NotFound(LookupError):
+    """No such episode or appeal. HTTP 404."""
+
+
+class Refused(ValueError):
+    """A request the rules do not allow now (window closed, nothing diverted, decided). HTTP 409."""
+
+
+async def appeal_view(conn: asyncpg.Connection, episode_id: str) -> dict[str, Any] | None:
+    a = await conn.fetchrow("SELECT * FROM appeals WHERE episode_id = $1", episode_id)
+    if a is None:
+        return None
+    events = await conn.fetch("SELECT step, actor, reason, at FROM appeal_events WHERE appeal_id = $1 ORDER BY id", a["appeal_id"])
+    return {
+        "appeal_id": a["appeal_id"],
+        "episode_id": a["episode_id"],
+        "payment_id": a["payment_id"],
+        "provider_code": a["provider_code"],
+        "region_code": a["region_code"],
+        "period": a["period"],
+        "diverted_pence": a["diverted_pence"],
+        "status": a["status"],
+        "reason": a["reason"],
+        "appealed_by": a["appealed_by"],
+        "appealed_at": a["appealed_at"],
+        "deadline": a["deadline"],
+        "decided_by": a["decided_by"],
+        "decided_at": a["decided_at"],
+        "decision_reason": a["decision_reason"],
+        "transfer_id": a["transfer_id"],
+        "history": [dict(e) for e in events],
+    }
+
+
+async def open_appeal(
+    conn: asyncpg.Connection, episode_id: str, *, appealed_by: str, reason: str, book: SchemeBook, now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """Record a provider's appeal against an episode's diversion. Returns (appeal, created).
+
+    Idempotent: the same person and reason again returns the existing appeal (created False)."""
+    r = await conn.fetchrow(
+        "SELECT e.*, s.run_at AS settled_at FROM episodes e LEFT JOIN settlements s USING (settlement_id)"
+        " WHERE e.episode_id = $1 FOR UPDATE OF e", episode_id)
+    if r is None:
+        raise NotFound(f"no episode {episode_id}")
+    existing = await conn.fetchrow("SELECT * FROM appeals WHERE episode_id = $1", episode_id)
+    if existing is not None and existing["appealed_by"] == appealed_by and existing["reason"] == reason:
+        return (await appeal_view(conn, episode_id)) or {}, False
+    scheme = book.get(r["scheme_id"], r["scheme_version"]) if r["scheme_id"] is not None else None
+    refusal = domain.appeal_refusal(
+        status=r["status"], diverted_pence=r["diverted_pence"], settled_at=r["settled_at"], now=now, scheme=scheme,
+        existing=existing["status"] if existing is not None else None,
+    )
+    if refusal:
+        raise Refused(refusal)
+    check(scheme is not None and r["settled_at"] is not None, "appeal_refusal checks scheme and settlement")
+    ep = _episode(r)
+    appeal_id = domain.appeal_transfer_id(ep.payment_id)
+    await conn.execute(
+        "INSERT INTO appeals(appeal_id, episode_id, payment_id, provider_code, region_code, period, diverted_pence,"
+        " reason, appealed_by, appealed_at, deadline) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        appeal_id, episode_id, ep.payment_id, ep.provider_code, ep.region_code, ep.period, r["diverted_pence"],
+        reason, appealed_by, now, domain.appeal_deadline(r["settled_at"], scheme),
+    )
+    await conn.execute("INSERT INTO appeal_events(appeal_id, step, actor, reason, at) VALUES ($1,'appealed',$2,$3,$4)",
+                       appeal_id, appealed_by, reason, now)
+    return (await appeal_view(conn, episode_id)) or {}, True
+
+
+async def decide_appeal(
+    conn: asyncpg.Connection, episode_id: str, *, outcome: Literal["upheld", "rejected"], decided_by: str, reason: str,
+    now: datetime, correlation_id: str,
+) -> tuple[dict[str, Any], bool]:
+    """Uphold (the ledger moves the diverted money fund -> provider) or reject an open appeal.
+
+    Returns (appeal, changed). Deciding again the same way changes nothing; the other way is refused."""
+    a = await conn.fetchrow("SELECT * FROM appeals WHERE episode_id = $1 FOR UPDATE", episode_id)
+    if a is None:
+        raise NotFound(f"episode {episode_id} has no appeal")
+    refusal = domain.decision_refusal(a["status"], outcome)
+    if refusal:
+        raise Refused(refusal)
+    if a["status"] == outcome:
+        return (await appeal_view(conn, episode_id)) or {}, False
+    transfer_id = None
+    if outcome == "upheld":
+        r = await conn.fetchrow("SELECT * FROM episodes WHERE episode_id = $1", episode_id)
+        transfer = domain.appeal_transfer(_episode(r), diverted_pence=a["diverted_pence"], appeal_id=a["appeal_id"])
+        transfer_id = transfer.transfer_id
+        await _request_transfers(conn, [(transfer, episode_id)], correlation_id, a["appeal_id"])
+    await conn.execute(
+        "UPDATE appeals SET status = $2, decided_by = $3, decided_at = $4, decision_reason = $5, transfer_id = $6"
+        " WHERE appeal_id = $1",
+        a["appeal_id"], outcome, decided_by, now, reason, transfer_id,
+    )
+    await conn.execute("INSERT INTO appeal_events(appeal_id, step, actor, reason, at) VALUES ($1,$2,$3,$4,$5)",
+                       a["appeal_id"], outcome, decided_by, reason, now)
+    return (await appeal_view(conn, episode_id)) or {}, True
+
+
+async def list_appeals(conn: asyncpg.Connection, *, status: str | None, provider_code: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT episode_id FROM appeals WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR provider_code = $2)"
+        " ORDER BY appealed_at, appeal_id LIMIT $3", status, provider_code, limit)
+    return [v for r in rows if (v := await appeal_view(conn, r["episode_id"])) is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures per period
+# ---------------------------------------------------------------------------------------------
+_FIGURES = """
+SELECT count(*)                                                        AS episodes,
+       coalesce(sum(e.amount_pence), 0)                                AS billed_pence,
+       coalesce(sum(e.amount_pence) FILTER (WHERE e.scheme_id IS NOT NULL), 0) AS in_scope_billed_pence,
+       coalesce(sum(e.amount_pence - e.at_risk_pence), 0)              AS paid_now_pence,
+       coalesce(sum(e.at_risk_pence), 0)                               AS held_pence,
+       coalesce(sum(e.at_risk_pence) FILTER (WHERE e.status = 'held'), 0) AS still_held_pence,
+       coalesce(sum(e.released_pence), 0)                              AS released_pence,
+       coalesce(sum(e.diverted_pence), 0)                              AS diverted_pence,
+       coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence,
+       count(a.appeal_id) FILTER (WHERE a.status = 'open')             AS appeals_open,
+       count(a.appeal_id) FILTER (WHERE a.status = 'upheld')           AS appeals_upheld,
+       count(a.appeal_id) FILTER (WHERE a.status = 'rejected')         AS appeals_rejected,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM answers x WHERE x.episode_id = e.episode_id)) AS responses
+  FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id
+ WHERE e.period = $1 AND {where}
+"""
+
+
+def _figures(row: asyncpg.Record) -> dict[str, Any]:
+    out = {k: int(row[k]) for k in row.keys()}
+    out["net_diverted_pence"] = out["diverted_pence"] - out["appealed_back_pence"]
+    return out
+
+
+async def provider_figures(conn: asyncpg.Connection, provider_code: str, period: str) -> dict[str, Any]:
+    """What a provider billed, had held, got released, lost, won back on appeal, in one period.
+
+    ``responses`` counts episodes with at least one answer received so far; the settlement
+    reports carry the count that was used (answers within each decision window)."""
+    row = await conn.fetchrow(_FIGURES.format(where="e.provider_code = $2"), period, provider_code)
+    settlements = await conn.fetch(
+        "SELECT settlement_id, scheme_id, scheme_version, run_at, run_by, responses, min_sample_applied, cap_applied,"
+        " cap_pence, diverted_pence FROM settlements WHERE provider_code = $1 AND period = $2 ORDER BY settlement_id",
+        provider_code, period)
+    return {"provider_code": provider_code, "period": period, **_figures(row),
+            "settlements": [dict(s) for s in settlements]}
+
+
+async def fund_figures(conn: asyncpg.Connection, region_code: str, period: str) -> dict[str, Any]:
+    """What a region's fund received from one period's episodes, net of upheld appeals, by provider."""
+    row = await conn.fetchrow(_FIGURES.format(where="e.region_code = $2"), period, region_code)
+    by_provider = await conn.fetch(
+        "SELECT e.provider_code, coalesce(sum(e.diverted_pence), 0) AS diverted_pence,"
+        " coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence"
+        " FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id"
+        " WHERE e.period = $1 AND e.region_code = $2 GROUP BY e.provider_code ORDER BY e.provider_code",
+        period, region_code)
+    return {"region_code": region_code, "period": period, **_figures(row),
+            "providers": [{"provider_code": p["provider_code"], "diverted_pence": int(p["diverted_pence"]),
+                           "appealed_back_pence": int(p["appealed_back_pence"]),
+                           "net_diverted_pence": int(p["diverted_pence"]) - int(p["appealed_back_pence"])}
+                          for p in by_provider]}
 
 
 def current_period(today: date) -> str:

@@ -70,8 +70,8 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
                 })
                 assert r.status_code == 202, r.text
 
-        # Before settlement: £900 paid at once, £100 held.
-        assert await eventually(lambda: _is(http, ledger, "held:RJ1", 10_000))
+        # Before settlement: £900 paid at once, £100 held (a pending transfer commissioner -> provider).
+        assert await eventually(lambda: _pending(http, ledger, "provider:RJ1", 10_000))
         assert await balance(http, ledger, "provider:RJ1") == 90_000
 
         async def answers_in() -> bool:
@@ -89,7 +89,8 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
         assert {s["provider_code"] for s in r.json()} >= {p for p, *_ in CASES.values()}
 
         for provider, *_ in CASES.values():
-            await eventually(lambda p=provider: _is(http, ledger, f"held:{p}", 0))
+            await eventually(lambda p=provider: _pending(http, ledger, f"provider:{p}", 0))
+        await eventually(lambda: _is(http, ledger, "fund:Y56", 10_000))
 
         expected = {
             "very_poor": (90_000, 10_000),
@@ -121,3 +122,9 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
 
 async def _is(http: httpx.AsyncClient, ledger: str, account: str, pence: int) -> bool:
     return await balance(http, ledger, account) == pence
+
+
+async def _pending(http: httpx.AsyncClient, ledger: str, account: str, pence: int) -> bool:
+    """Money reserved for the account by open pending transfers (the at-risk holds)."""
+    r = await http.get(f"{ledger}/v1/accounts/{account}/balance")
+    return r.status_code == 200 and r.json()["pending_credits_pence"] == pence

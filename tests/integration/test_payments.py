@@ -1,5 +1,6 @@
 """Payments service against real PostgreSQL and the real broker (the ledger is not running:
-these tests read the transfer requests payments publishes)."""
+these tests read the transfer requests payments publishes, two-phase model by default).
+The full lifecycle with the ledger running is in test_payments_lifecycle*.py."""
 
 from __future__ import annotations
 
@@ -56,11 +57,14 @@ async def test_http_payment_is_idempotent_and_validated(settings) -> None:
         ep = (await http.get(f"/v1/episodes/ep-{run}-0")).json()
         assert ep["amount_pence"] == 123_457 and ep["paid_now_pence"] == 111_112 and ep["status"] == "held"
         assert (await http.get(f"/v1/episodes/ep-{run}-1")).status_code == 404
-    requests = await read_topic(settings.kafka_bootstrap_servers, LEDGER_TRANSFER_REQUESTS.name, expect=1, timeout_s=10)
-    mine = [json.loads(r.value)["data"] for r in requests if json.loads(r.value)["data"]["transfer_id"] == f"hold:pay-{run}-0"]
-    assert len(mine) == 1
-    legs = {leg["account_id"]: leg["amount_pence"] for leg in mine[0]["legs"]}
-    assert legs == {"commissioner:QWE": -123_457, "provider:RJ1": 111_112, "held:RJ1": 12_345}
+    requests = await read_topic(settings.kafka_bootstrap_servers, LEDGER_TRANSFER_REQUESTS.name, expect=2, timeout_s=10)
+    mine = {json.loads(r.value)["data"]["transfer_id"]: (r.key, json.loads(r.value)["data"]) for r in requests}
+    pay, hold = mine[f"pay:pay-{run}-0"], mine[f"hold:pay-{run}-0"]
+    # Keyed by the payment id (ordering_key) so the pending hold and its release stay in order.
+    assert pay[0] == hold[0] == f"pay-{run}-0".encode()
+    assert (pay[1]["kind"], hold[1]["kind"]) == ("posted", "pending")
+    assert {leg["account_id"]: leg["amount_pence"] for leg in pay[1]["legs"]} == {"commissioner:QWE": -111_112, "provider:RJ1": 111_112}
+    assert {leg["account_id"]: leg["amount_pence"] for leg in hold[1]["legs"]} == {"commissioner:QWE": -12_345, "provider:RJ1": 12_345}
 
 
 async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_bootstrap) -> None:
@@ -90,11 +94,14 @@ async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_boo
         ep = (await http.get(f"/v1/episodes/{pr.episode_id}")).json()
         assert ep["status"] == "settled" and ep["decision"]["final"] is True
         assert any("diverted 12345p" in step for step in ep["decision"]["steps"])
-        assert {t["transfer_id"] for t in ep["ledger_transfers"]} == {f"hold:{pr.payment_id}", f"settle:{pr.payment_id}"}
+        assert {t["transfer_id"] for t in ep["ledger_transfers"]} == {
+            f"{prefix}:{pr.payment_id}" for prefix in ("pay", "hold", "release", "divert")}
     dead = await read_topic(kafka_bootstrap, PAYMENTS_REQUESTED_DLQ.name, expect=1, timeout_s=10)
     assert len(dead) == 1
     assert "dlq_reason" in {k for k, _ in dead[0].headers}
     requests = await read_topic(kafka_bootstrap, LEDGER_TRANSFER_REQUESTS.name, expect=100, timeout_s=5)
-    settle = [json.loads(r.value)["data"] for r in requests if json.loads(r.value)["data"]["transfer_id"] == f"settle:{pr.payment_id}"]
-    assert len(settle) == 1
-    assert {leg["account_id"]: leg["amount_pence"] for leg in settle[0]["legs"]} == {"held:RJ1": -12_345, "fund:Y56": 12_345}
+    by_id = {json.loads(r.value)["data"]["transfer_id"]: json.loads(r.value)["data"] for r in requests}
+    release, divert = by_id[f"release:{pr.payment_id}"], by_id[f"divert:{pr.payment_id}"]
+    assert (release["kind"], release["pending_id"], release["legs"]) == ("void_pending", f"hold:{pr.payment_id}", [])
+    assert {leg["account_id"]: leg["amount_pence"] for leg in divert["legs"]} == {"commissioner:QWE": -12_345, "fund:Y56": 12_345}
+    assert {r.key for r in requests if json.loads(r.value)["data"]["cause"]["payment_id"] == pr.payment_id} == {pr.payment_id.encode()}
