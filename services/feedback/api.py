@@ -1,18 +1,28 @@
-"""The feedback service's HTTP API for app backends."""
+"""The feedback service's HTTP API for app backends: JSON (single and batch), FHIR, reports."""
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Request, Response
+import asyncpg
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from services.feedback import domain, store
+from services.feedback import domain, fhir, store
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
+from shared.outbox import enqueue
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+FHIR_JSON = "application/fhir+json"
+MAX_FHIR_BODY_BYTES = 1_000_000
+BATCH_DEADLOCK_RETRIES = 3
 
 
 class AcceptedView(BaseModel):
@@ -22,14 +32,70 @@ class AcceptedView(BaseModel):
     scores: dict[str, Any]
 
 
+class BatchItemResult(BaseModel):
+    index: int
+    submission_id: str | None = None
+    outcome: Literal["created", "duplicate", "invalid", "conflict", "error"]
+    status: int  # the status this item would have had on its own: 202, 200, 422, 409 (500 for "error")
+    result: AcceptedView | None = None
+    detail: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    items: list[BatchItemResult]
+
+
+class FftReportRow(BaseModel):
+    provider_code: str
+    responses: int | None
+    counts: dict[str, int] | None
+    pct_positive: int | None
+    pct_negative: int | None
+    suppression: Literal["none", "primary", "secondary"]
+
+
+class FftReport(BaseModel):
+    period: str
+    rule: str
+    providers: list[FftReportRow]
+    total: FftReportRow
+
+
+class PromReportRow(BaseModel):
+    provider_code: str
+    instrument: str
+    procedure: str
+    pairs: int
+    avg_pre: float | None
+    avg_post: float | None
+    avg_health_gain: float | None
+    suppressed: bool
+
+
+class PromReport(BaseModel):
+    procedure: str | None
+    min_count: int
+    rule: str
+    groups: list[PromReportRow]
+
+
 def _errors(exc: ValidationError) -> list[dict[str, str]]:
-    # Never echo input values back: they may hold an NHS number.
-    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()[:20]]
+    # Never echo input values back: they may hold an NHS number (messages are redacted too).
+    # An unexpected key is named in loc, so the field is redacted as well as the message.
+    return [{"field": domain.redact(".".join(str(p) for p in e["loc"])) or "(body)", "message": domain.redact(str(e["msg"]))}
+            for e in exc.errors()[:20]]
 
 
-def parse_submission(body: dict[str, Any], idempotency_key: str | None) -> domain.Submission:
+def _invalid(errors: list[dict[str, str]], title: str = "Invalid submission") -> Problem:
+    return Problem(422, title, "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors)
+
+
+def parse_submission(body: Any, idempotency_key: str | None = None) -> domain.Submission:
     if not isinstance(body, dict):
-        raise Problem(422, "Invalid request", "body must be a JSON object")
+        raise Problem(422, "Invalid request", "body must be a JSON object", errors=[{"field": "(body)", "message": "must be a JSON object"}])
     if idempotency_key is not None:
         if body.get("submission_id") not in (None, idempotency_key):
             raise Problem(422, "Invalid request", "Idempotency-Key differs from submission_id",
@@ -38,8 +104,20 @@ def parse_submission(body: dict[str, Any], idempotency_key: str | None) -> domai
     try:
         return domain.Submission.model_validate(body)
     except ValidationError as exc:
-        errors = _errors(exc)
-        raise Problem(422, "Invalid submission", "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors=errors) from exc
+        raise _invalid(_errors(exc)) from exc
+
+
+async def _accept_one(request: Request, sub: domain.Submission, channel: str) -> store.Accepted:
+    rt = request.app.state.runtime
+    try:
+        async with rt.pool.acquire() as conn:
+            async with conn.transaction():
+                return await store.accept(
+                    conn, sub, keys=request.app.state.keyring, channel=channel,
+                    correlation_id=correlation_id_var.get() or str(uuid.uuid4()),
+                )
+    except store.Conflict as exc:
+        raise Problem(409, "Conflict", str(exc), errors=[{"field": "submission_id", "message": "already used with different content"}]) from exc
 
 
 @router.post("/submissions", response_model=AcceptedView, status_code=202, tags=["submissions"],
@@ -47,23 +125,176 @@ def parse_submission(body: dict[str, Any], idempotency_key: str | None) -> domai
 async def submit(
     request: Request,
     response: Response,
-    body: Annotated[dict[str, Any], Body(openapi_examples={"fft": {"value": {
+    body: Annotated[Any, Body(openapi_examples={"fft": {"value": {
         "submission_id": "sub-1", "episode_id": "ep-1", "provider_code": "RJ1", "nhs_number": "9990000018",
         "authored_at": "2026-11-21T10:00:00Z", "answers": {"instrument": "fft", "fft_answer": 1}}}})],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=100)] = None,
 ) -> AcceptedView:
     sub = parse_submission(body, idempotency_key)
-    rt = request.app.state.runtime
-    settings = rt.settings
-    try:
-        async with rt.pool.acquire() as conn:
-            async with conn.transaction():
-                accepted = await store.accept(
-                    conn, sub, key=settings.pseudonym_key.get_secret_value().encode(), key_id=settings.pseudonym_key_id,
-                    channel="http", correlation_id=correlation_id_var.get() or str(uuid.uuid4()),
-                )
-    except store.Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from exc
+    accepted = await _accept_one(request, sub, "http")
     if accepted.status == "duplicate":
         response.status_code = 200
     return AcceptedView(**accepted.__dict__)
+
+
+async def _store_batch(conn: asyncpg.Connection, valid: list[tuple[int, domain.Submission]], keys: domain.Keyring,
+                       cid: str, *, savepoints: bool) -> dict[int, BatchItemResult]:
+    """Store a batch's valid items in the caller's transaction: one query for the duplicate check,
+    one outbox insert at the end. With ``savepoints`` each item runs in its own savepoint and a
+    database error fails only that item."""
+    stored: dict[int, BatchItemResult] = {}
+    rows: list[tuple[str, bytes, bytes, str]] = []
+    known = await store.known_submissions(conn, [sub.submission_id for _, sub in valid])
+    for i, sub in valid:
+        try:
+            if savepoints:
+                mine: list[tuple[str, bytes, bytes, str]] = []
+                async with conn.transaction():
+                    a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid,
+                                           known=known, outbox=mine)
+                rows.extend(mine)
+            else:
+                a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid,
+                                       known=known, outbox=rows)
+            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome=a.status,
+                                        status=202 if a.status == "created" else 200, result=AcceptedView(**a.__dict__))
+        except store.Conflict as exc:
+            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome="conflict", status=409,
+                                        detail=str(exc))
+        except asyncpg.PostgresError as exc:
+            if not savepoints or isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+                raise
+            # The message may quote stored values: report the SQLSTATE only.
+            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome="error", status=500,
+                                        detail=f"could not be stored (SQLSTATE {exc.sqlstate}); retry this item")
+    await enqueue(conn, rows)
+    return stored
+
+
+@router.post("/submissions/batch", response_model=BatchResult, tags=["submissions"],
+             summary="Up to FEEDBACK_BATCH_MAX_ITEMS (default 500) submissions; each succeeds or fails on its own")
+async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchResult:
+    """A JSON array of submissions. The response lists one result per item, in order.
+
+    Valid items are stored in one transaction; an invalid or conflicting item is reported and does
+    not block the others. Should an item fail in the database, the batch is stored again with a
+    savepoint per item, so only that item fails (outcome ``error``).
+    """
+    limit = request.app.state.runtime.settings.batch_max_items
+    if not isinstance(body, list):
+        raise Problem(422, "Invalid request", "body must be a JSON array of submissions",
+                      errors=[{"field": "(body)", "message": "must be a JSON array"}])
+    if not body or len(body) > limit:
+        raise Problem(422, "Invalid request", f"a batch holds 1 to {limit} submissions, not {len(body)}",
+                      errors=[{"field": "(body)", "message": f"must hold 1 to {limit} items"}])
+    results: dict[int, BatchItemResult] = {}
+    valid: list[tuple[int, domain.Submission]] = []
+    for i, raw in enumerate(body):
+        sid = raw.get("submission_id") if isinstance(raw, dict) else None
+        sid = sid if isinstance(sid, str) and len(sid) <= 100 else None
+        try:
+            valid.append((i, parse_submission(raw)))
+        except Problem as p:
+            results[i] = BatchItemResult(index=i, submission_id=sid, outcome="invalid", status=422, detail=p.detail,
+                                         errors=p.extra.get("errors"))
+    rt = request.app.state.runtime
+    keys = request.app.state.keyring
+    cid = correlation_id_var.get() or str(uuid.uuid4())
+    savepoints = False
+    for attempt in range(1, BATCH_DEADLOCK_RETRIES + 2):
+        try:
+            async with rt.pool.acquire() as conn:
+                async with conn.transaction():
+                    stored = await _store_batch(conn, valid, keys, cid, savepoints=savepoints)
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt >= BATCH_DEADLOCK_RETRIES:
+                raise
+        except asyncpg.PostgresError:
+            if savepoints:
+                raise
+            # One item failed in the database (not validation): nothing was committed. Store the
+            # batch again with a savepoint per item so that item is reported and the rest stored.
+            log.warning("batch item failed in the database; storing the batch again item by item")
+            savepoints = True
+    results.update(stored)
+    items = [results[i] for i in range(len(body))]
+    ok = sum(1 for it in items if it.outcome in ("created", "duplicate"))
+    return BatchResult(accepted=ok, rejected=len(items) - ok, items=items)
+
+
+@router.post("/fhir/QuestionnaireResponse", response_model=AcceptedView, status_code=202, tags=["fhir"],
+             summary="Submit a FHIR R4 (UK Core) QuestionnaireResponse, application/fhir+json",
+             openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": {"type": "object"}}}}})
+async def submit_fhir(
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=100)] = None,
+) -> AcceptedView:
+    """Status ``completed`` is a new submission (id = ``identifier.value``); ``amended`` is recorded
+    as an amendment of it (id ``<identifier.value>:amended:<meta.versionId or 1>``). Any other
+    status is refused. See services/feedback/README.md for the linkId mapping."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in (FHIR_JSON, "application/json"):
+        raise Problem(415, "Unsupported media type", f"send {FHIR_JSON}",
+                      errors=[{"field": "content-type", "message": f"must be {FHIR_JSON}"}])
+    raw = await request.body()
+    if len(raw) > MAX_FHIR_BODY_BYTES:
+        raise Problem(413, "Content too large", f"at most {MAX_FHIR_BODY_BYTES} bytes",
+                      errors=[{"field": "(body)", "message": "too large"}])
+    try:
+        resource = json.loads(raw)
+    except ValueError as exc:
+        raise Problem(400, "Bad request", "body is not JSON", errors=[{"field": "(body)", "message": "not JSON"}]) from exc
+    try:
+        body, paths = fhir.to_submission(resource)
+    except fhir.FhirError as exc:
+        raise _invalid(exc.errors, "Invalid QuestionnaireResponse") from exc
+    if idempotency_key is not None and idempotency_key != body["submission_id"]:
+        raise Problem(422, "Invalid request", "Idempotency-Key differs from identifier.value",
+                      errors=[{"field": "identifier.value", "message": "differs from the Idempotency-Key header"}])
+    try:
+        sub = domain.Submission.model_validate(body)
+    except ValidationError as exc:
+        errors = [{"field": domain.redact(fhir.fhir_field(e["loc"], paths)), "message": domain.redact(str(e["msg"]))}
+                  for e in exc.errors()[:20]]
+        raise _invalid(errors, "Invalid QuestionnaireResponse") from exc
+    accepted = await _accept_one(request, sub, "fhir")
+    if accepted.status == "duplicate":
+        response.status_code = 200
+    return AcceptedView(**accepted.__dict__)
+
+
+FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UTC). Providers with 1-4 responses "
+            "are suppressed (primary); zero is shown; when exactly one provider is suppressed, the next smallest also "
+            "hides its counts (secondary). Percentages are whole numbers, rounded half up.")
+
+
+@router.get("/reports/fft", response_model=FftReport, tags=["reports"],
+            summary="FFT % positive and % negative per provider for a month, with NHS-style suppression")
+async def fft_report(request: Request, period: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]) -> FftReport:
+    async with request.app.state.runtime.pool.acquire() as conn:
+        counts = await store.fft_counts(conn, period)
+    rows, total = domain.fft_report(counts)
+    return FftReport(period=period, rule=FFT_RULE, providers=[FftReportRow(**r.__dict__) for r in rows],
+                     total=FftReportRow(**total.__dict__))
+
+
+@router.get("/reports/proms", response_model=PromReport, tags=["reports"],
+            summary="PROM average health gain (post − pre) per provider, instrument and procedure")
+async def prom_report(
+    request: Request,
+    procedure: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,40}$")] = None,
+    min_count: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+) -> PromReport:
+    settings = request.app.state.runtime.settings
+    n = settings.prom_min_count if min_count is None else min_count
+    if n < settings.prom_min_count_floor:
+        raise Problem(422, "Invalid request", f"min_count must be at least {settings.prom_min_count_floor}",
+                      errors=[{"field": "min_count", "message": f"must be at least {settings.prom_min_count_floor}"}])
+    async with request.app.state.runtime.pool.acquire() as conn:
+        rows = await store.prom_pairs(conn, procedure)
+    groups = domain.prom_report(rows, n)
+    rule = (f"Each patient's first pre_op and first post_op answer per instrument and procedure; health gain = post − pre "
+            f"(Oxford total 0-48, EQ VAS 0-100; higher is better). Groups with fewer than {n} pairs show no averages.")
+    return PromReport(procedure=procedure, min_count=n, rule=rule, groups=[PromReportRow(**g.__dict__) for g in groups])

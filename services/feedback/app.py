@@ -5,22 +5,24 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.feedback import api, consumer
+from services.feedback.privacy import install_log_redaction
 from services.feedback.settings import FeedbackSettings
 from shared import http
-from shared.service import Runtime
 
 
 def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     settings = settings or FeedbackSettings()
-    runtime = Runtime(settings, migrations=("services.feedback",))
+    install_log_redaction()
+    runtime = consumer.FeedbackRuntime(settings, migrations=("services.feedback",))
     consumer.register(runtime, settings)
     app = FastAPI(
         title="Patient Power feedback",
         version="1.0.0",
-        description="Takes PREM/PROM submissions, pseudonymises them, stores them durably and emits events.",
+        description="Takes PREM/PROM submissions (JSON, FHIR QuestionnaireResponse, Kafka), pseudonymises them, stores them durably, emits events and reports FFT and PROM results.",
         lifespan=runtime.lifespan,
     )
     app.state.runtime = runtime
+    app.state.keyring = settings.keyring()
     http.install(app, "feedback")
     app.include_router(api.router)
     return app

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal, Union
 
@@ -21,7 +24,7 @@ MAX_FREE_TEXT_CHARS = 2000
 
 def valid_nhs_number(value: str) -> str:
     """Normalise (strip spaces and dashes) and check the modulus-11 check digit."""
-    digits = nhs_number.normalise_number(value) if isinstance(value, str) else ""
+    digits = nhs_number.standardise_format(value) if isinstance(value, str) else ""
     if len(digits) != 10 or not digits.isdigit() or not nhs_number.is_valid(digits):
         raise ValueError("not a valid NHS number (10 digits with a correct check digit)")
     return digits
@@ -30,6 +33,31 @@ def valid_nhs_number(value: str) -> str:
 def pseudonymise(nhs_number_digits: str, key: bytes) -> str:
     """Keyed HMAC-SHA256 pseudonym: stable for one key, useless without it."""
     return hmac.new(key, nhs_number_digits.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The current pseudonym key and the keys it replaced (by key id), for lookups across a rotation."""
+
+    current_id: str
+    current: bytes
+    previous: dict[str, bytes]
+
+    def __post_init__(self) -> None:
+        if len(self.current) < 16:
+            raise ValueError("the pseudonym key must be at least 16 bytes")
+        if self.current_id in self.previous:
+            raise ValueError("the current key id must not also be a previous key id")
+
+    def pseudonym(self, nhs_number_digits: str) -> str:
+        return pseudonymise(nhs_number_digits, self.current)
+
+    def all_pseudonyms(self, nhs_number_digits: str) -> list[str]:
+        """The patient's pseudonym under the current key, then under each previous key."""
+        return [self.pseudonym(nhs_number_digits)] + [pseudonymise(nhs_number_digits, k) for k in self.previous.values()]
+
+    def key_for(self, key_id: str) -> bytes | None:
+        return self.current if key_id == self.current_id else self.previous.get(key_id)
 
 
 _SYNTHETIC: list[str] = []
@@ -128,6 +156,14 @@ class Submission(BaseModel):
     def _nhs(cls, v: str) -> str:
         return valid_nhs_number(v)
 
+    @field_validator("free_text")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL; other control characters are never what a patient typed.
+        if v is not None and any(ord(c) < 32 and c not in "\t\n\r" for c in v):
+            raise ValueError("free_text must not contain control characters")
+        return v
+
     @field_validator("authored_at")
     @classmethod
     def _aware(cls, v: datetime) -> datetime:
@@ -165,3 +201,214 @@ def scores(answers: FftAnswers | PatientPowerAnswers | Eq5d5lAnswers | OxfordAns
     if isinstance(answers, OxfordAnswers):
         return {"oxford_total": oxford_total(answers.items)}
     return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# PROM pairing and health gain
+# ---------------------------------------------------------------------------------------------
+PROM_INSTRUMENTS = ("eq5d5l", "ohs", "oks")
+
+
+def prom_pair_key(answers: FftAnswers | PatientPowerAnswers | Eq5d5lAnswers | OxfordAnswers) -> tuple[str, str, str] | None:
+    """(instrument, procedure, timing) for a PROM that can be paired pre/post-operatively, else None.
+
+    Oxford scores always pair; EQ-5D-5L pairs only when sent with a procedure and a pre_op or
+    post_op timing. FFT and the patient power question never pair.
+    """
+    if isinstance(answers, OxfordAnswers):
+        return (answers.instrument, answers.procedure, answers.timing)
+    if isinstance(answers, Eq5d5lAnswers) and answers.procedure and answers.timing in ("pre_op", "post_op"):
+        return (answers.instrument, answers.procedure, answers.timing)
+    return None
+
+
+def prom_score(instrument: str, scores_: dict[str, object]) -> int:
+    """The number health gain is computed on: Oxford total (0-48) or EQ VAS (0-100); higher is better."""
+    if instrument in ("ohs", "oks"):
+        value = scores_["oxford_total"]
+    elif instrument == "eq5d5l":
+        value = scores_["eq_vas"]
+    else:
+        raise ValueError(f"{instrument} is not a paired PROM")
+    if not isinstance(value, int):
+        raise ValueError("PROM score must be an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class PromPair:
+    """A patient's first pre-operative and first post-operative PROM for one procedure."""
+
+    instrument: str
+    procedure: str
+    pre_score: int
+    post_score: int
+    pre_profile: str | None = None  # EQ-5D-5L health states, for information
+    post_profile: str | None = None
+
+    @property
+    def health_gain(self) -> int:
+        """post − pre on the instrument's own scale (Oxford 0-48 total; EQ VAS 0-100). Positive is better."""
+        return self.post_score - self.pre_score
+
+
+def pair_proms(
+    instrument: str, procedure: str,
+    pre: tuple[datetime, dict[str, object]], post: tuple[datetime, dict[str, object]],
+) -> PromPair | None:
+    """Pair a pre-operative and a post-operative PROM (authored_at, scores); None if post precedes pre."""
+    (pre_at, pre_scores), (post_at, post_scores) = pre, post
+    if post_at <= pre_at:
+        return None
+    return PromPair(
+        instrument, procedure, prom_score(instrument, pre_scores), prom_score(instrument, post_scores),
+        pre_scores.get("eq5d_profile") if instrument == "eq5d5l" else None,  # type: ignore[arg-type]
+        post_scores.get("eq5d_profile") if instrument == "eq5d5l" else None,  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True)
+class PromGroup:
+    provider_code: str
+    instrument: str
+    procedure: str
+    pairs: int
+    avg_pre: float | None
+    avg_post: float | None
+    avg_health_gain: float | None
+    suppressed: bool
+
+
+def prom_report(rows: list[tuple[str, str, str, int, int]], min_count: int) -> list[PromGroup]:
+    """Average health gain per (provider, instrument, procedure) from (provider, instrument, procedure, pre, post).
+
+    Groups with fewer than ``min_count`` pairs are suppressed: the count is shown, the averages
+    are not. Averages are rounded to one decimal place (half away from zero).
+    """
+    if min_count < 1:
+        raise ValueError("min_count must be at least 1")
+    groups: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
+    for provider, instrument, procedure, pre, post in rows:
+        groups.setdefault((provider, instrument, procedure), []).append((pre, post))
+    out = []
+    for (provider, instrument, procedure), scores_ in sorted(groups.items()):
+        n = len(scores_)
+        if n < min_count:
+            out.append(PromGroup(provider, instrument, procedure, n, None, None, None, True))
+            continue
+        pre_sum = sum(p for p, _ in scores_)
+        post_sum = sum(q for _, q in scores_)
+        out.append(PromGroup(provider, instrument, procedure, n, _avg(pre_sum, n), _avg(post_sum, n),
+                             _avg(post_sum - pre_sum, n), False))
+    return out
+
+
+def _avg(total: int, n: int) -> float:
+    """total / n to one decimal place, rounded half away from zero, with integer arithmetic."""
+    sign = -1 if total < 0 else 1
+    tenths = (abs(total) * 20 + n) // (2 * n)
+    return sign * tenths / 10
+
+
+# ---------------------------------------------------------------------------------------------
+# FFT reporting with NHS-style suppression
+# ---------------------------------------------------------------------------------------------
+SUPPRESSION_THRESHOLD = 5  # nhsengland/fft_pipeline src/fft/config.py: 1-4 responses are suppressed
+
+
+@dataclass(frozen=True)
+class FftRow:
+    """One provider's FFT results for a period. ``None`` marks a suppressed value."""
+
+    provider_code: str
+    responses: int | None
+    counts: dict[str, int] | None  # very_good, good, neither, poor, very_poor, dont_know
+    pct_positive: int | None
+    pct_negative: int | None
+    suppression: Literal["none", "primary", "secondary"]
+
+
+FFT_COUNT_NAMES = {a: a.name.lower() for a in FftAnswer}
+
+
+def pct(part: int, whole: int) -> int | None:
+    """Whole percent, rounded half up (integer arithmetic); None when there is nothing to divide."""
+    if whole <= 0:
+        return None
+    return (200 * part + whole) // (2 * whole)
+
+
+def fft_report(counts: dict[str, dict[FftAnswer, int]]) -> tuple[list[FftRow], FftRow]:
+    """FFT % positive and % negative per provider, and the total, with suppression.
+
+    Rules (as NHS England publishes the FFT, nhsengland/fft_pipeline ``suppression.py``):
+    - primary: a provider with 1-4 responses shows nothing (responses, counts, percentages);
+      a provider with zero responses is shown as zero;
+    - secondary: when exactly one provider is primary-suppressed, the total minus the others
+      would reveal its responses, so the next-smallest provider with responses (ties: by
+      provider code) also hides its responses and counts (its percentages stay, as in NHS
+      publication). With two or more primary suppressions only their sum is recoverable;
+    - the total row is never suppressed (it is the sum over all providers).
+    """
+    rows: dict[str, FftRow] = {}
+    for provider, by_answer in sorted(counts.items()):
+        full = {name: int(by_answer.get(answer, 0)) for answer, name in FFT_COUNT_NAMES.items()}
+        rows[provider] = _fft_row(provider, full)
+    primary = [p for p, r in rows.items() if 0 < (r.responses or 0) < SUPPRESSION_THRESHOLD]
+    for p in primary:
+        rows[p] = FftRow(p, None, None, None, None, "primary")
+    if len(primary) == 1:
+        candidates = sorted((r.responses, p) for p, r in rows.items() if r.suppression == "none" and r.responses)
+        if candidates:
+            _, p = candidates[0]
+            r = rows[p]
+            rows[p] = FftRow(p, None, None, r.pct_positive, r.pct_negative, "secondary")
+    total_counts = {name: sum(int(c.get(a, 0)) for c in counts.values()) for a, name in FFT_COUNT_NAMES.items()}
+    return list(rows.values()), _fft_row("ALL", total_counts)
+
+
+def _fft_row(provider: str, full: dict[str, int]) -> FftRow:
+    n = sum(full.values())
+    positive = full["very_good"] + full["good"]
+    negative = full["poor"] + full["very_poor"]
+    return FftRow(provider, n, full, pct(positive, n), pct(negative, n), "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Redaction (dead letters, log messages)
+# ---------------------------------------------------------------------------------------------
+_TEN_DIGITS = re.compile(r"\d(?:[ -]?\d){9,}")
+_TEN_DIGITS_B = re.compile(rb"\d(?:[ -]?\d){9,}")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """Replace every run of 10 or more digits (optionally split by single spaces or dashes) by ``[redacted]``.
+
+    Deliberately over-inclusive: it does not check the check digit (a mistyped NHS number is
+    redacted too) and it takes longer runs whole, because an NHS number can sit next to other
+    digits (``\x14`` + number in a logged byte string reads as 12 digits).
+    """
+    return _TEN_DIGITS.sub(REDACTED, text)
+
+
+def redact_bytes(raw: bytes | None) -> bytes | None:
+    return None if raw is None else _TEN_DIGITS_B.sub(REDACTED.encode(), raw)
+
+
+def redact_dead_letter(raw: bytes | None) -> bytes | None:
+    """An intake message made safe for the dead-letter topic: free text blanked, 10-digit runs redacted.
+
+    A message that is a JSON envelope keeps its shape (so the reason can be understood and the
+    message repaired); anything else is redacted as bytes.
+    """
+    if raw is None:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return redact_bytes(raw)
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict) and data.get("free_text") is not None:
+        data["free_text"] = REDACTED
+    return redact_bytes(json.dumps(body, ensure_ascii=False).encode())

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings, _aliases, settings_config
+
+if TYPE_CHECKING:
+    from services.feedback.domain import Keyring
 
 PREFIX = "FEEDBACK_"
 
@@ -24,3 +29,20 @@ class FeedbackSettings(ServiceSettings):
     pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key-change-me")
     pseudonym_key_id: str = Field(default="dev-1", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     batch_max_items: int = Field(default=500, ge=1, le=5000)
+    # Keys retired by a rotation, by key id: still used to recognise a patient's earlier answers
+    # (first decision, PROM pairing) and earlier submissions' content. JSON object in the
+    # environment, e.g. FEEDBACK_PSEUDONYM_PREVIOUS_KEYS='{"2025-1": "…"}'. See services/feedback/README.md.
+    pseudonym_previous_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=10)
+    # PROM report: groups with fewer pairs than this show the count but no averages; a request
+    # may ask for a higher minimum, never a lower one than prom_min_count_floor.
+    prom_min_count: int = Field(default=30, ge=1, le=10_000)
+    prom_min_count_floor: int = Field(default=5, ge=1, le=10_000)
+
+    def keyring(self) -> "Keyring":
+        from services.feedback.domain import Keyring
+
+        return Keyring(
+            current_id=self.pseudonym_key_id,
+            current=self.pseudonym_key.get_secret_value().encode(),
+            previous={k: v.get_secret_value().encode() for k, v in self.pseudonym_previous_keys.items()},
+        )

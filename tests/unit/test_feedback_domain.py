@@ -324,3 +324,63 @@ def test_fft_positive_negative(answer: FftAnswer, positive: bool, negative: bool
 
 def test_patient_power_has_no_scores() -> None:
     assert scores(PatientPowerAnswers(patient_choice="not_sure")) == {}
+
+
+def test_synthetic_nhs_number_rejects_negative_n() -> None:
+    with pytest.raises(ValueError):
+        synthetic_nhs_number(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Remaining validation errors (each names its field)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("missing", ["submission_id", "episode_id", "provider_code", "nhs_number", "authored_at", "answers"])
+def test_submission_required_fields(missing: str) -> None:
+    body = submission()
+    del body[missing]
+    with pytest.raises(ValidationError) as exc:
+        Submission.model_validate(body)
+    assert exc.value.errors()[0]["loc"] == (missing,)
+    assert exc.value.errors()[0]["type"] == "missing"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"episode_id": "x" * 101}, ("episode_id",)),
+        ({"episode_id": "has space"}, ("episode_id",)),
+        ({"amends_submission_id": "-starts-with-dash"}, ("amends_submission_id",)),
+        ({"provider_code": "RJ12"}, ("provider_code",)),
+        ({"authored_at": "not a date"}, ("authored_at",)),
+        ({"nhs_number": 9990000018}, ("nhs_number",)),
+        ({"answers": {"instrument": "eq5d5l", "mobility": 1, "self_care": 1, "usual_activities": 1, "pain_discomfort": 1, "vas": 5}},
+         ("answers", "eq5d5l", "anxiety_depression")),
+        ({"answers": {"instrument": "ohs", "items": [1] * 12, "timing": "pre_op"}}, ("answers", "ohs", "procedure")),
+        ({"answers": {"instrument": "patient_power"}}, ("answers", "patient_power", "patient_choice")),
+    ],
+)
+def test_submission_error_locations(overrides: dict[str, Any], loc: tuple) -> None:
+    with pytest.raises(ValidationError) as exc:
+        Submission.model_validate(submission(**overrides))
+    assert exc.value.errors()[0]["loc"] == loc
+
+
+def test_validation_errors_do_not_echo_the_nhs_number() -> None:
+    with pytest.raises(ValidationError) as exc:
+        Submission.model_validate(submission(nhs_number="9990000019"))
+    assert all("9990000019" not in str(e["msg"]) for e in exc.value.errors())
+
+
+@pytest.mark.parametrize("timing", ["pre_op", "post_op", "other"])
+def test_eq5d_timings(timing: str) -> None:
+    assert Eq5d5lAnswers.model_validate(eq5d(timing=timing, procedure="primary_hip_replacement")).timing == timing
+
+
+@pytest.mark.parametrize("text", ["nul\x00byte", "bell\x07", "esc\x1b[0m"])
+def test_free_text_control_characters_rejected(text: str) -> None:
+    with pytest.raises(ValidationError, match="free_text must not contain control characters"):
+        Submission.model_validate(submission(free_text=text))
+
+
+def test_free_text_keeps_newlines_and_tabs() -> None:
+    assert Submission.model_validate(submission(free_text="line 1\n\tline 2\r\n")).free_text == "line 1\n\tline 2\r\n"

@@ -1,0 +1,1 @@
+"""Feedback service benchmark: `python -m bench.feedback [--quick]` (see __main__.py)."""
