@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_verify(settings))
     import uvicorn
 
-    from services.ledger.app import create_app
+    from services.ledger.app import create_app, tune_process
 
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    app = create_app(settings)
+    tune_process(settings)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
     return 0
 
 

@@ -1,21 +1,35 @@
-"""The ledger's HTTP API for finance teams: balances (now and as of), accounts, transfers,
-trial balance, verification and direct posting."""
+"""The ledger's HTTP API for finance teams: accounts and balances (now and as of any time),
+statements with running balances, transfers with their legs and cause, trial balance, CSV
+exports, verification and direct posting.
+
+Lists page with an opaque ``cursor`` (``next_cursor`` in each page, null at the end) and a
+bounded ``limit``. Times must carry a time zone. Errors are problem details.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, field_validator
 
 from services.ledger import store
+from services.ledger.policy import may_see
+from shared.auth import principal_of
 from shared.contracts import AccountId, TransferRequested
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+PAGE_MAX = 1000
+AccountType = Literal["commissioner", "provider", "held", "fund"]
 
 
 class Balance(BaseModel):
@@ -23,7 +37,11 @@ class Balance(BaseModel):
     type: str
     currency: Literal["GBP"] = "GBP"
     floor_pence: int | None
-    posted_pence: int
+    posted_pence: int = Field(description="Posted balance: + credit, - debit")
+    pending_debits_pence: int = Field(0, description="Reserved by pending transfers, to leave the account")
+    pending_credits_pence: int = Field(0, description="Reserved by pending transfers, to arrive")
+    available_pence: int = Field(0, description="posted - pending debits; never below the floor")
+    metadata: dict[str, Any] = Field(default_factory=dict)
     as_of: datetime | None = None
 
 
@@ -34,24 +52,71 @@ class AccountPage(BaseModel):
 
 class TrialBalance(BaseModel):
     as_of: datetime | None
-    accounts: list[Balance]
-    total_pence: int = Field(description="Always zero in a balanced ledger")
+    accounts: list[Balance] = Field(description="One page of accounts (see next_cursor); totals cover all")
+    account_count: int
+    total_pence: int = Field(description="Sum of every posted balance: always zero in a balanced ledger")
+    pending_debits_pence: int
+    pending_credits_pence: int = Field(description="Equals pending_debits_pence in a balanced ledger")
     by_type_pence: dict[str, int]
+    next_cursor: str | None = None
+
+
+class StatementLine(BaseModel):
+    entry_seq: int
+    transfer_id: str
+    kind: str
+    posted_at: datetime
+    amount_pence: int
+    pending_pence: int
+    balance_after_pence: int = Field(description="Running posted balance after this line")
+    pending_debits_after_pence: int
+    pending_credits_after_pence: int
+    cause: dict[str, Any]
+
+
+class Statement(BaseModel):
+    account_id: str
+    type: str
+    from_: datetime | None = Field(None, alias="from")
+    to: datetime | None
+    opening_balance_pence: int = Field(description="Posted balance just before `from`")
+    lines: list[StatementLine]
+    next_cursor: str | None
+
+    model_config = {"populate_by_name": True}
+
+
+class LegView(BaseModel):
+    account_id: str
+    amount_pence: int
+    pending_pence: int
+    balance_after_pence: int
 
 
 class TransferView(BaseModel):
     transfer_id: str
-    entry_seq: int
+    status: Literal["posted", "pending", "voided", "rejected"]
+    kind: str
+    entry_seq: int | None = None
     posted_at: datetime
+    expires_at: datetime | None = None
     cause: dict[str, Any]
-    legs: list[dict[str, Any]]
-    prev_hash: str
-    hash: str
+    request: dict[str, Any]
+    pending_id: str | None = None
+    reverses: str | None = None
+    reversed_by: str | None = None
+    pending_status: str | None = Field(None, description="For a pending transfer: pending, posted, voided or expired")
+    resolved_by: str | None = None
+    reason: str | None = None
+    legs: list[LegView]
+    prev_hash: str | None = None
+    hash: str | None = None
 
 
 class PostResult(BaseModel):
     transfer_id: str
-    status: Literal["posted", "duplicate"]
+    status: Literal["posted", "pending", "voided", "duplicate"]
+    original_status: str | None = None
     entry_seq: int
     entry_hash: str
 
@@ -66,27 +131,109 @@ class VerifyResult(BaseModel):
     first_bad_transfer_id: str | None = None
 
 
+class AccountMetadata(BaseModel):
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Stored as jsonb, which holds neither U+0000 nor NaN/Infinity (Python's JSON parser accepts
+        # both): refuse them with a 422 instead of failing in the database with a 500.
+        def check(v: Any) -> None:
+            if isinstance(v, str) and "\x00" in v:
+                raise ValueError("must not contain the NUL character (U+0000)")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError("numbers must be finite")
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    check(k)
+                    check(item)
+            elif isinstance(v, list):
+                for item in v:
+                    check(item)
+
+        check(value)
+        return value
+
+
 def _pool(request: Request):  # type: ignore[no-untyped-def]
     return request.app.state.runtime.pool
 
 
-@router.get("/accounts", response_model=AccountPage, tags=["balances"], summary="List accounts with balances")
+def _visible(request: Request, account_id: str) -> bool:
+    reference = getattr(request.app.state, "reference", None)
+    principal = principal_of(request)
+    return principal.regions is None or (reference is not None and may_see(principal, account_id, reference))
+
+
+def _check_visible(request: Request, account_id: str) -> None:
+    if not _visible(request, account_id):
+        raise Problem(403, "Forbidden", f"{account_id} is outside the regions of this token")
+
+
+def _check_unlimited(request: Request) -> None:
+    if principal_of(request).regions is not None:
+        raise Problem(403, "Forbidden", "the trial balance covers every region; it needs a token without a region limit")
+
+
+def _aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise Problem(422, "Invalid request", f"{name} must include a time zone, e.g. 2026-11-21T12:00:00Z",
+                      errors=[{"field": name, "message": "time zone required"}])
+    if value is not None:
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            raise Problem(422, "Invalid request", f"{name} is out of range", errors=[{"field": name, "message": "out of range"}])
+
+
+def _cursor(cursor: str | None, shape: tuple[type, ...] = (str,)) -> list[Any] | None:
+    if cursor is None:
+        return None
+    try:
+        value = store.decode_cursor(cursor)
+        if len(value) != len(shape) or not all(isinstance(v, t) for v, t in zip(value, shape)):
+            raise ValueError("bad cursor")
+        return value
+    except ValueError:
+        raise Problem(400, "Bad request", "cursor is not one this API returned", errors=[{"field": "cursor", "message": "bad cursor"}])
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (r[c].isoformat() if isinstance(r.get(c), datetime) else r[c]) for c in columns])
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts and balances
+# ---------------------------------------------------------------------------------------------
+@router.get("/accounts", response_model=AccountPage, tags=["balances"], summary="List accounts with balances (now or as of)")
 async def list_accounts(
     request: Request,
-    type: Annotated[Literal["commissioner", "provider", "held", "fund"] | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    type: Annotated[AccountType | None, Query(description="Only accounts of this type")] = None,
+    as_of: Annotated[datetime | None, Query(description="Balances as of this time")] = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
 ) -> AccountPage:
+    _aware("as_of", as_of)
+    after = _cursor(cursor)
     async with _pool(request).acquire() as conn:
-        rows = await store.list_accounts(conn, type_=type, after=cursor, limit=limit + 1)
-    items = [Balance(account_id=r["account_id"], type=r["type"], floor_pence=r["floor_pence"], posted_pence=r["posted_pence"]) for r in rows[:limit]]
-    return AccountPage(items=items, next_cursor=items[-1].account_id if len(rows) > limit else None)
+        rows = await store.list_accounts(conn, type_=type, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
+    page = rows[:limit]
+    # A region-limited token sees only its regions' accounts (a page may then be shorter).
+    items = [Balance(**r) for r in page if _visible(request, r["account_id"])]
+    return AccountPage(items=items, next_cursor=store.encode_cursor(page[-1]["account_id"]) if len(rows) > limit else None)
 
 
 @router.get("/accounts/{account_id}/balance", response_model=Balance, tags=["balances"], summary="Balance now or as of a time")
 async def get_balance(request: Request, account_id: AccountId, as_of: datetime | None = None) -> Balance:
-    if as_of is not None and as_of.tzinfo is None:
-        raise Problem(422, "Invalid request", "as_of must include a time zone, e.g. 2026-11-21T12:00:00Z")
+    _aware("as_of", as_of)
+    _check_visible(request, account_id)
     async with _pool(request).acquire() as conn:
         found = await store.balance(conn, account_id, as_of)
     if found is None:
@@ -94,36 +241,162 @@ async def get_balance(request: Request, account_id: AccountId, as_of: datetime |
     return Balance(**found)
 
 
-@router.get("/trial-balance", response_model=TrialBalance, tags=["balances"], summary="Every account's balance; sums to zero")
-async def trial_balance(request: Request, as_of: datetime | None = None) -> TrialBalance:
+@router.put("/accounts/{account_id}", response_model=Balance, tags=["balances"],
+            summary="Declare an account (type and floor follow from its id) and set its metadata")
+async def put_account(request: Request, account_id: Annotated[AccountId, Path()], body: Annotated[AccountMetadata, Body()]) -> Balance:
+    async with _pool(request).acquire() as conn:
+        return Balance(**await store.set_metadata(conn, account_id, body.metadata))
+
+
+STATEMENT_COLUMNS = ["entry_seq", "posted_at", "transfer_id", "kind", "cause_kind", "amount_pence", "balance_after_pence",
+                     "pending_pence", "pending_debits_after_pence", "pending_credits_after_pence"]
+
+
+async def _statement(request: Request, account_id: str, from_: datetime | None, to: datetime | None, cursor: str | None,
+                     limit: int) -> dict[str, Any]:
+    _check_visible(request, account_id)
+    _aware("from", from_)
+    _aware("to", to)
+    if from_ and to and to < from_:
+        raise Problem(422, "Invalid request", "to must not be before from", errors=[{"field": "to", "message": "before from"}])
+    after = _cursor(cursor, (str, int))
+    after_key = None
+    if after:
+        try:
+            after_key = (datetime.fromisoformat(after[0]), int(after[1]))
+        except (ValueError, IndexError, TypeError):
+            raise Problem(400, "Bad request", "cursor is not one this API returned")
+    async with _pool(request).acquire() as conn:
+        found = await store.statement(conn, account_id, from_=from_, to=to, after=after_key, limit=limit)
+    if found is None:
+        raise Problem(404, "Not found", f"no account {account_id}")
+    return found
+
+
+@router.get("/accounts/{account_id}/statement", response_model=Statement, tags=["statements"],
+            summary="Statement for a period with running balance (JSON, or CSV with format=csv)",
+            responses={200: {"content": {"text/csv": {}}}})
+async def get_statement(
+    request: Request,
+    account_id: AccountId,
+    from_: Annotated[datetime | None, Query(alias="from", description="Start (inclusive)")] = None,
+    to: Annotated[datetime | None, Query(description="End (exclusive)")] = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    if format == "csv":
+        return await statement_csv(request, account_id, from_, to)
+    found = await _statement(request, account_id, from_, to, cursor, limit)
+    nxt = found["next_after"]
+    return Statement(
+        account_id=account_id, type=found["account"]["type"], from_=from_, to=to,
+        opening_balance_pence=found["opening_balance_pence"],
+        lines=[StatementLine(**line) for line in found["lines"]],
+        next_cursor=store.encode_cursor(nxt[0].isoformat(), nxt[1]) if nxt else None,
+    )
+
+
+CSV_ROWS_MAX = 1_000_000
+
+
+@router.get("/accounts/{account_id}/statement.csv", tags=["statements"], summary="Statement for a period as CSV (all lines)",
+            response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+async def statement_csv(
+    request: Request,
+    account_id: AccountId,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: Annotated[datetime | None, Query()] = None,
+) -> Response:
+    lines: list[dict[str, Any]] = []
+    cursor = None
+    opening = None
+    while len(lines) < CSV_ROWS_MAX:
+        found = await _statement(request, account_id, from_, to, cursor, PAGE_MAX)
+        opening = found["opening_balance_pence"] if opening is None else opening
+        lines.extend({**line, "cause_kind": line["cause"].get("kind")} for line in found["lines"])
+        nxt = found["next_after"]
+        if not nxt:
+            break
+        cursor = store.encode_cursor(nxt[0].isoformat(), nxt[1])
+    rows = [{"entry_seq": "", "posted_at": from_, "transfer_id": "", "kind": "opening_balance", "cause_kind": "",
+             "amount_pence": "", "balance_after_pence": opening}, *lines]
+    return _csv(rows, STATEMENT_COLUMNS, f"statement-{account_id.replace(':', '-')}.csv")
+
+
+@router.get("/trial-balance", response_model=TrialBalance, tags=["balances"],
+            summary="Every account's balance now or as of a time; sums to zero (JSON, or CSV with format=csv)",
+            responses={200: {"content": {"text/csv": {}}}})
+async def trial_balance(
+    request: Request,
+    as_of: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_MAX,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    if format == "csv":
+        return await trial_balance_csv(request, as_of)
+    _check_unlimited(request)
+    _aware("as_of", as_of)
+    after = _cursor(cursor)
+    async with _pool(request).acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):  # totals and page from one snapshot
+            totals = await store.trial_balance_totals(conn, as_of)
+            rows = await store.list_accounts(conn, type_=None, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
+    items = [Balance(**r) for r in rows[:limit]]
+    return TrialBalance(
+        as_of=as_of, accounts=items, account_count=totals["accounts"], total_pence=totals["total_pence"],
+        pending_debits_pence=totals["pending_debits_pence"], pending_credits_pence=totals["pending_credits_pence"],
+        by_type_pence=totals["by_type_pence"],
+        next_cursor=store.encode_cursor(items[-1].account_id) if len(rows) > limit else None,
+    )
+
+
+TB_COLUMNS = ["account_id", "type", "posted_pence", "pending_debits_pence", "pending_credits_pence", "available_pence", "floor_pence"]
+
+
+@router.get("/trial-balance.csv", tags=["balances"], summary="Trial balance as CSV, with a total row",
+            response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+async def trial_balance_csv(request: Request, as_of: datetime | None = None) -> Response:
+    _check_unlimited(request)
+    _aware("as_of", as_of)
     async with _pool(request).acquire() as conn:
         rows = await store.trial_balance(conn, as_of)
-    accounts = [Balance(account_id=r["account_id"], type=r["type"], floor_pence=None, posted_pence=r["posted_pence"], as_of=as_of) for r in rows]
-    by_type: dict[str, int] = {}
-    for a in accounts:
-        by_type[a.type] = by_type.get(a.type, 0) + a.posted_pence
-    return TrialBalance(as_of=as_of, accounts=accounts, total_pence=sum(a.posted_pence for a in accounts), by_type_pence=by_type)
+    total = {"account_id": "TOTAL", "type": "", "posted_pence": sum(r["posted_pence"] for r in rows),
+             "pending_debits_pence": sum(r["pending_debits_pence"] for r in rows),
+             "pending_credits_pence": sum(r["pending_credits_pence"] for r in rows)}
+    return _csv([*rows, total], TB_COLUMNS, "trial-balance.csv")
 
 
-@router.get("/transfers/{transfer_id}", response_model=TransferView, tags=["transfers"], summary="A transfer with its legs and cause")
-async def get_transfer(request: Request, transfer_id: str) -> TransferView:
+# ---------------------------------------------------------------------------------------------
+# Transfers
+# ---------------------------------------------------------------------------------------------
+@router.get("/transfers/{transfer_id}", response_model=TransferView, tags=["transfers"],
+            summary="A transfer with its legs, cause, and its two-phase or reversal links")
+async def get_transfer(request: Request, transfer_id: Annotated[str, Path(max_length=140)]) -> TransferView:
     async with _pool(request).acquire() as conn:
         found = await store.transfer(conn, transfer_id)
     if found is None:
         raise Problem(404, "Not found", f"no transfer {transfer_id}")
+    accounts = [leg["account_id"] for leg in found["legs"]] or [leg[0] for leg in found["request"].get("legs", [])]
+    if principal_of(request).regions is not None and not any(_visible(request, a) for a in accounts):
+        raise Problem(403, "Forbidden", f"transfer {transfer_id} touches no account in the regions of this token")
     return TransferView(**found)
 
 
 @router.post("/transfers", response_model=PostResult, status_code=201, tags=["transfers"],
-             summary="Post one balanced journal entry (idempotent on transfer_id)")
+             summary="Record one transfer: posted, pending, post_pending or void_pending (idempotent on transfer_id)")
 async def post_transfer(request: Request, body: TransferRequested) -> PostResult:
     cid = correlation_id_var.get() or str(uuid.uuid4())
     [outcome] = await store.post_batch(_pool(request), [store.Submitted(body, cid, None)])
     if outcome.status == "conflict":
-        raise Problem(409, "Conflict", outcome.reason or "transfer_id reused with different fields", transfer_id=body.transfer_id)
-    if outcome.status == "rejected":
+        raise Problem(409, "Conflict", outcome.reason or "transfer_id reused with different fields", transfer_id=body.transfer_id,
+                      fields=(outcome.reason or "").removeprefix("transfer_id already used with different ").split(", "))
+    if outcome.status == "rejected" or (outcome.status == "duplicate" and outcome.original_status == "rejected"):
         raise Problem(422, "Transfer rejected", outcome.reason or "rejected", transfer_id=body.transfer_id)
-    return PostResult(transfer_id=body.transfer_id, status=outcome.status, entry_seq=outcome.entry_seq, entry_hash=outcome.entry_hash)  # type: ignore[arg-type]
+    assert outcome.entry_seq is not None and outcome.entry_hash is not None
+    return PostResult(transfer_id=body.transfer_id, status=outcome.status, original_status=outcome.original_status,  # type: ignore[arg-type]
+                      entry_seq=outcome.entry_seq, entry_hash=outcome.entry_hash)
 
 
 @router.get("/verify", response_model=VerifyResult, tags=["audit"], summary="Recompute the hash chain and balances")

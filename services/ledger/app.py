@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import gc
+
+from fastapi import Depends, FastAPI
 
 from services.ledger import api, consumer
+from services.ledger.policy import POLICY
 from services.ledger.settings import LedgerSettings
 from shared import http
+from shared.auth import config_from_settings, policy_dependency
+from shared.reference import load_reference
 from shared.service import Runtime
 
 
@@ -21,6 +26,14 @@ def create_app(settings: LedgerSettings | None = None) -> FastAPI:
         lifespan=runtime.lifespan,
     )
     app.state.runtime = runtime
+    app.state.reference = load_reference(settings.reference_dir)
     http.install(app, "ledger")
-    app.include_router(api.router)
+    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
     return app
+
+
+def tune_process(settings: LedgerSettings) -> None:
+    """Process-wide tuning for a ledger process (the service and the benchmark, not tests)."""
+    gc.collect()
+    gc.freeze()  # start-up objects (modules, models, routes) are never collected: stop walking them
+    gc.set_threshold(settings.gc_gen0_threshold, 50, 100)

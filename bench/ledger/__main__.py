@@ -1,0 +1,385 @@
+"""Run the ledger benchmark; see bench/ledger/__init__.py for what is measured and how."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from shared.db import ensure_database, migrate
+from shared.devstack import EmbeddedKafka, start_infra
+from shared.topics import ALL_TOPICS, LEDGER_TRANSFER_REQUESTS
+
+ACCOUNTS_PER_SIDE = 5_000  # 5,000 commissioner-side + 5,000 provider-side accounts = 10,000
+FUNDS = [f"fund:Y{56 + i}" for i in range(7)]  # the 7 regional funds (hot accounts)
+
+
+def out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+# ---------------------------------------------------------------------------------------------
+_ENV = (
+    '{{"event_id":"{eid}","type":"ledger.transfer-requested.v1","occurred_at":"2026-11-21T12:00:00Z",'
+    '"correlation_id":"b-{i}","causation_id":null,"producer":"bench","data":{{"transfer_id":"{tid}","kind":"posted",'
+    '"legs":[{{"account_id":"{debit}","amount_pence":-{amt}}},{{"account_id":"{credit}","amount_pence":{amt}}}],'
+    '"cause":{{"kind":"{cause}","payment_id":"p-{i}"}}}}}}'
+)
+
+
+def message(workload: str, run: str, i: int, rng: random.Random) -> tuple[bytes, bytes]:
+    debit = f"commissioner:C{rng.randrange(ACCOUNTS_PER_SIDE):04d}"
+    if workload == "hot":
+        credit, cause = FUNDS[rng.randrange(7)], "diversion"
+    else:
+        credit, cause = f"provider:P{rng.randrange(ACCOUNTS_PER_SIDE):04d}", "payment"
+    tid = f"{run}-{i}"
+    value = _ENV.format(eid=uuid.UUID(int=rng.getrandbits(128), version=4), i=i, tid=tid, debit=debit, credit=credit,
+                        amt=rng.randint(1, 100_000), cause=cause)
+    return tid.encode(), value.encode()
+
+
+async def produce(bootstrap: str, workload: str, run: str, n: int) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    rng = random.Random(f"{workload}-{n}")
+    t0 = time.perf_counter()
+    try:
+        pending: list[Any] = []
+        for i in range(n):
+            key, value = message(workload, run, i, rng)
+            pending.append(await producer.send(LEDGER_TRANSFER_REQUESTS.name, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return n / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka -> ledger throughput
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Throughput:
+    workload: str
+    transfers_per_s: float
+    window_s: float
+    posted: int
+    produced: int
+    batch_p50: float
+    outbox_backlog: int
+    verified: str
+
+
+async def fresh_kafka(infra: Any) -> tuple[str, Any]:
+    """A broker with no ledger topics: a new embedded Tansu, or the configured one with topics deleted."""
+    if infra.kafka is not None:
+        broker = EmbeddedKafka()
+        broker.start()
+        return broker.bootstrap, broker
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t.name for t in ALL_TOPICS if t.name in existing]
+        if doomed:
+            with contextlib.suppress(Exception):
+                await admin.delete_topics(doomed)
+            await asyncio.sleep(2)
+    finally:
+        await admin.close()
+    return infra.kafka_bootstrap, None
+
+
+async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool) -> Throughput:
+    from services.ledger import consumer
+    from services.ledger.app import create_app, tune_process
+    from services.ledger.settings import LedgerSettings
+    from shared.kafka import ensure_topics
+
+    db_name = f"bench_ledger_{workload}_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(infra.postgres_dsn, db_name)
+    bootstrap, broker = await fresh_kafka(infra)
+    try:
+        settings = LedgerSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap, consumer_group=f"bench-{uuid.uuid4().hex[:6]}",
+                                  batch_max_records=batch_max, batch_timeout_ms=20, http_port=0, log_level="WARNING")
+        await ensure_topics(settings)
+        rate_in = await produce(bootstrap, workload, db_name, n)
+        out(f"  {workload}: produced {n:,} transfer requests to {LEDGER_TRANSFER_REQUESTS.name} ({rate_in:,.0f}/s, not measured)")
+        app = create_app(settings)
+        tune_process(settings)  # as `python -m services.ledger` does
+        conn = await asyncpg.connect(dsn)
+        samples: list[tuple[float, int]] = []
+        try:
+            async with app.router.lifespan_context(app):
+                deadline = time.perf_counter() + window_s + 120
+                t_warm = seq_warm = None
+                while time.perf_counter() < deadline:
+                    await asyncio.sleep(0.25)
+                    seq = await conn.fetchval("SELECT seq FROM chain_head WHERE id = 1")
+                    now = time.perf_counter()
+                    samples.append((now, seq))
+                    if t_warm is None and seq > 0:
+                        t_warm, seq_warm = now, seq  # first committed batch: the consumer is assigned and warm
+                    if t_warm is not None and (seq >= n or now - t_warm >= window_s):
+                        break
+                if t_warm is None:
+                    raise RuntimeError("the ledger posted nothing")
+                t_end, seq_end = samples[-1]
+                backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            rate = (seq_end - seq_warm) / (t_end - t_warm)  # type: ignore[operator]
+            totals = await conn.fetchval("SELECT sum(posted_pence) FROM accounts")
+            verified = f"sum of balances {totals}"
+            if verify:
+                from services.ledger import store
+
+                result = await store.verify(conn)
+                verified = f"verify ok={result['ok']} ({result['entries_checked']:,} entries), {verified}"
+            bsz = consumer.BATCH_SIZE.collect()[0].samples
+            count = next(s.value for s in bsz if s.name.endswith("_count"))
+            total = next(s.value for s in bsz if s.name.endswith("_sum"))
+        finally:
+            await conn.close()
+        return Throughput(workload, rate, t_end - t_warm, seq_end, n, total / max(count, 1), backlog, verified)
+    finally:
+        if broker is not None:
+            broker.stop()
+        await drop_database(infra.postgres_dsn, db_name)
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# COPY baseline
+# ---------------------------------------------------------------------------------------------
+async def copy_baseline(infra: Any, rows: int) -> float:
+    name = f"bench_copy_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(infra.postgres_dsn, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "CREATE TABLE copy_baseline (seq bigint PRIMARY KEY, transfer_id text NOT NULL, account_id text NOT NULL,"
+                " amount_pence bigint NOT NULL, posted_at timestamptz NOT NULL)"
+            )
+            t = datetime.now(timezone.utc)
+            records = [(i, f"copy-{i}", f"provider:P{i % ACCOUNTS_PER_SIDE:04d}", i % 100_000 + 1, t) for i in range(rows)]
+            chunk = 10_000
+            t0 = time.perf_counter()
+            for lo in range(0, rows, chunk):
+                async with conn.transaction():
+                    await conn.copy_records_to_table("copy_baseline", records=records[lo:lo + chunk],
+                                                     columns=["seq", "transfer_id", "account_id", "amount_pence", "posted_at"])
+            return rows / (time.perf_counter() - t0)
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(infra.postgres_dsn, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# As-of and statement latency on a large journal
+# ---------------------------------------------------------------------------------------------
+FIXTURE_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+async def build_fixture(conn: asyncpg.Connection, legs: int) -> int:
+    """``legs`` journal rows (two per entry, 100p each) loaded with set-based SQL.
+
+    Entry s debits commissioner:C(s mod 5000) and credits provider:P(s*7919 mod 5000), one
+    second apart; 7919 is prime to 5000, so each account gets exactly one leg per block of 5,000
+    entries and its balance after its k-th leg is ±100·k (computed in closed form). Hashes are
+    placeholders: this is a latency fixture for the read path, not a verifiable chain.
+    """
+    entries = legs // 2
+    entries -= entries % ACCOUNTS_PER_SIDE
+    await conn.execute("SET maintenance_work_mem = '512MB'; SET synchronous_commit = off")
+    await conn.execute(
+        "INSERT INTO accounts(account_id, type, floor_pence)"
+        " SELECT 'commissioner:C' || lpad(i::text, 4, '0'), 'commissioner', NULL::bigint FROM generate_series(0, $1 - 1) i"
+        " UNION ALL SELECT 'provider:P' || lpad(i::text, 4, '0'), 'provider', NULL FROM generate_series(0, $1 - 1) i",
+        ACCOUNTS_PER_SIDE,
+    )
+    # Indexes are built after the load (a sorted build is much faster than 10 million inserts).
+    await conn.execute("ALTER TABLE legs DROP CONSTRAINT legs_pkey; DROP INDEX legs_account_time; DROP INDEX entries_posted_at")
+    request = '{"cause":{"kind":"payment"},"kind":"posted","legs":[],"pending_id":null,"reverses":null,"timeout_s":null}'
+    await conn.execute(
+        "INSERT INTO entries(seq, transfer_id, kind, fingerprint, request, posted_at, prev_hash, hash)"
+        " SELECT s, 'fx-' || s, 'posted', '', $2, $3::timestamptz + s * interval '1 second', '', md5(s::text)"
+        " FROM generate_series(1, $1::bigint) s",
+        entries, request, FIXTURE_START,
+    )
+    await conn.execute(
+        "INSERT INTO legs(entry_seq, account_id, amount_pence, pending_pence, balance_after_pence, pending_debits_after_pence,"
+        " pending_credits_after_pence, posted_at)"
+        " SELECT s, 'commissioner:C' || lpad(((s - 1) % $2)::text, 4, '0'), -100, 0, -100 * ((s - 1) / $2 + 1), 0, 0,"
+        "        $3::timestamptz + s * interval '1 second' FROM generate_series(1, $1::bigint) s"
+        " UNION ALL"
+        " SELECT s, 'provider:P' || lpad((((s - 1) * 7919) % $2)::text, 4, '0'), 100, 0, 100 * ((s - 1) / $2 + 1), 0, 0,"
+        "        $3::timestamptz + s * interval '1 second' FROM generate_series(1, $1::bigint) s",
+        entries, ACCOUNTS_PER_SIDE, FIXTURE_START,
+    )
+    await conn.execute(
+        "ALTER TABLE legs ADD PRIMARY KEY (entry_seq, account_id);"
+        " CREATE INDEX legs_account_time ON legs (account_id, posted_at, entry_seq)"
+        "   INCLUDE (amount_pence, pending_pence, balance_after_pence, pending_debits_after_pence, pending_credits_after_pence);"
+        " CREATE INDEX entries_posted_at ON entries (posted_at, seq)"
+    )
+    per_account = entries // ACCOUNTS_PER_SIDE
+    await conn.execute("UPDATE accounts SET posted_pence = CASE WHEN type = 'commissioner' THEN -100 ELSE 100 END * $1::bigint",
+                       per_account)
+    await conn.execute("UPDATE chain_head SET seq = $1, posted_at = $2 WHERE id = 1", entries,
+                       FIXTURE_START + timedelta(seconds=entries))
+    for table in ("legs", "entries", "accounts"):
+        await conn.execute(f"VACUUM (ANALYZE) {table}")
+    return entries
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latency(infra: Any, legs: int, queries: int) -> dict[str, float]:
+    from fastapi import FastAPI
+
+    from services.ledger import api
+    from shared import db as shared_db
+    from shared import http as shared_http
+
+    name = f"bench_asof_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(infra.postgres_dsn, name)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn, "shared", "services.ledger")
+            t0 = time.perf_counter()
+            entries = await build_fixture(conn, legs)
+            rows = await conn.fetchval("SELECT count(*) FROM legs")
+            out(f"  fixture: {rows:,} journal rows (legs), {entries:,} entries, 10,000 accounts, loaded in {time.perf_counter() - t0:.0f} s")
+        finally:
+            await conn.close()
+        pool = await shared_db.create_pool(dsn, min_size=1, max_size=2)
+        app = FastAPI()
+        app.state.runtime = SimpleNamespace(pool=pool)
+        shared_http.install(app, "ledger")
+        app.include_router(api.router)
+        rng = random.Random(7)
+        span_s = entries
+
+        def account() -> str:
+            side = rng.choice(["commissioner:C", "provider:P"])
+            return f"{side}{rng.randrange(ACCOUNTS_PER_SIDE):04d}"
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http:
+            asof_ms, stmt_ms, checked = [], [], 0
+            for i in range(queries + 50):
+                acct = account()
+                when = FIXTURE_START + timedelta(seconds=rng.uniform(0, span_s))
+                t = time.perf_counter()
+                r = await http.get(f"/v1/accounts/{acct}/balance", params={"as_of": when.isoformat()})
+                elapsed = (time.perf_counter() - t) * 1000
+                if r.status_code != 200:
+                    raise RuntimeError(r.text)
+                if i >= 50:  # the first 50 warm the pool and the caches
+                    asof_ms.append(elapsed)
+                # Check the answer against the closed form: one leg per account per 5,000 seconds.
+                secs = (when - FIXTURE_START).total_seconds()
+                if acct.startswith("commissioner:"):
+                    first = int(acct[-4:]) + 1  # this account's legs are at entries first, first + 5000, ...
+                    k = (int(secs) - first) // ACCOUNTS_PER_SIDE + 1 if int(secs) >= first else 0
+                    if r.json()["posted_pence"] != -100 * k:
+                        raise RuntimeError(f"as-of answer wrong for {acct} at {when}: {r.json()['posted_pence']} vs {-100 * k}")
+                    checked += 1
+            for i in range(queries // 2 + 20):
+                acct = account()
+                start = FIXTURE_START + timedelta(seconds=rng.uniform(0, span_s * 0.9))
+                t = time.perf_counter()
+                r = await http.get(f"/v1/accounts/{acct}/statement",
+                                   params={"from": start.isoformat(), "to": (start + timedelta(days=30)).isoformat(), "limit": 100})
+                elapsed = (time.perf_counter() - t) * 1000
+                if r.status_code != 200:
+                    raise RuntimeError(r.text)
+                if i >= 20:
+                    stmt_ms.append(elapsed)
+        await pool.close()
+        return {"asof_p50": pct(asof_ms, 0.5), "asof_p99": pct(asof_ms, 0.99), "stmt_p50": pct(stmt_ms, 0.5),
+                "stmt_p99": pct(stmt_ms, 0.99), "asof_n": len(asof_ms), "stmt_n": len(stmt_ms), "checked": checked,
+                "rows": rows, "asof_mean": statistics.mean(asof_ms)}
+    finally:
+        await drop_database(infra.postgres_dsn, name)
+
+
+# ---------------------------------------------------------------------------------------------
+async def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    quick = args.quick
+    window_s = args.seconds or (4.0 if quick else 60.0)
+    n = args.transfers or (30_000 if quick else int(args.expect_rate * (window_s + 15)))
+    copy_rows = 100_000 if quick else 1_000_000
+    legs = args.journal_rows or (200_000 if quick else 10_000_000)
+    queries = 200 if quick else 2_000
+    infra = start_infra()
+    out(f"bench ledger ({'quick' if quick else 'full'}) on {infra.kind}; window {window_s:.0f} s, batches of up to {args.batch:,}")
+    try:
+        copy_rate = await copy_baseline(infra, copy_rows)
+        out(f"copy baseline: {copy_rows:,} entry rows into a keyed table, {copy_rate:,.0f} rows/s")
+        results = {}
+        for workload in ("uniform", "hot"):
+            r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick)
+            results[workload] = r
+            drained = " (all consumed before the window ended)" if r.posted >= r.produced else ""
+            out(f"{workload}: {r.transfers_per_s:,.0f} transfers/s over {r.window_s:.1f} s{drained}; {r.posted:,} posted;"
+                f" mean batch {r.batch_p50:,.0f} records; outbox backlog at end {r.outbox_backlog:,}; {r.verified}")
+        lat = await latency(infra, legs, queries)
+        out(f"as-of balance over {lat['rows']:,} journal rows: p50 {lat['asof_p50']:.2f} ms, p99 {lat['asof_p99']:.2f} ms"
+            f" ({lat['asof_n']} queries via HTTP in process, {lat['checked']} answers checked)")
+        out(f"statement page (100 lines, 30-day window): p50 {lat['stmt_p50']:.2f} ms, p99 {lat['stmt_p99']:.2f} ms ({lat['stmt_n']} queries)")
+        uni, hot = results["uniform"].transfers_per_s, results["hot"].transfers_per_s
+        out(f"hot/uniform: {hot / uni:.0%}; ledger/COPY rows: {(uni * 3) / copy_rate:.0%} (3 rows per transfer: entry + 2 legs)")
+        out(f"bench=ledger transfers_per_s={uni:.0f} hot_transfers_per_s={hot:.0f} copy_rows_per_s={copy_rate:.0f} "
+            f"asof_p99_ms={lat['asof_p99']:.2f}")
+    finally:
+        infra.stop()
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes: about 10 s of measuring, under a minute in all")
+    p.add_argument("--seconds", type=float, help="measuring window per workload (default 60, quick 4)")
+    p.add_argument("--transfers", type=int, help="transfer requests to pre-produce per workload")
+    p.add_argument("--expect-rate", type=float, default=10_000, help="sizes the pre-produced backlog (default 10,000/s)")
+    p.add_argument("--batch", type=int, default=2_000, help="consumer batch size (LEDGER_BATCH_MAX_RECORDS)")
+    p.add_argument("--journal-rows", type=int, help="journal rows for the latency fixture (default 10,000,000, quick 200,000)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse())))
