@@ -160,5 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def bearer_headers(scopes: list[str], *, subject: str = "dev", regions: list[str] | None = None) -> dict[str, str]:
+    """Authorization header with a fresh development token (demo, tests, benchmarks)."""
+    return {"Authorization": f"Bearer {mint(scopes, subject=subject, regions=regions, ttl_s=6 * 3600)}"}
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from services.feedback.domain import synthetic_nhs_number
+from shared.auth import bearer_headers
 from shared.devstack import Stack
 from shared.money import format_pence
 from shared.reference import load_reference
@@ -88,19 +89,24 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
     payments, feedback = build_scenario()
     period = payments[0]["activity_date"][:7]
     ref = load_reference()
+    # Each actor has its own development token (python -m shared.auth mint ...), with only its scopes.
+    commissioner = bearer_headers(["payments:write"], subject="icb-finance-system")
+    app_backend = bearer_headers(["feedback:write"], subject="nhs-app-backend")
+    finance_admin = bearer_headers(["schemes:admin"], subject="trial-finance-admin")
+    finance = bearer_headers(["ledger:read"], subject="national-finance-team")
     async with httpx.AsyncClient(timeout=30) as http:
         pay_url, fb_url, ledger_url = stack.url("payments"), stack.url("feedback"), stack.url("ledger")
         out(f"1. {len(payments)} payment requests from 10 commissioners, {sum(p['amount_pence'] for p in payments) / 100:,.2f} GBP in all")
-        r = await http.post(f"{pay_url}/v1/payment-requests/batch", json=payments)
+        r = await http.post(f"{pay_url}/v1/payment-requests/batch", json=payments, headers=commissioner)
         r.raise_for_status()
         out(f"   accepted {r.json()['accepted']}, rejected {r.json()['rejected']}; 10% of each is held")
         out(f"2. {len(feedback)} patients answer the Friends and Family Test ({len(payments) - len(feedback)} never answer)")
         for fb in feedback:
-            (await http.post(f"{fb_url}/v1/submissions", json=fb)).raise_for_status()
+            (await http.post(f"{fb_url}/v1/submissions", json=fb, headers=app_backend)).raise_for_status()
 
         async def answers_arrived() -> bool:
             for fb in (feedback[0], feedback[-1]):
-                ep = (await http.get(f"{pay_url}/v1/episodes/{fb['episode_id']}")).json()
+                ep = (await http.get(f"{pay_url}/v1/episodes/{fb['episode_id']}", headers=finance)).json()
                 if not ep.get("answers"):
                     return False
             return True
@@ -108,18 +114,23 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
         await wait_until(answers_arrived)
         await asyncio.sleep(1.0)  # let the tail of the feedback topic drain
         out(f"3. settle period {period}")
-        r = await http.post(f"{pay_url}/v1/settlements/run", json={"period": period})
+        r = await http.post(f"{pay_url}/v1/settlements/run", json={"period": period}, headers=finance_admin)
         r.raise_for_status()
         reports = r.json()
 
         async def settled() -> dict[str, Any] | None:
-            tb = (await http.get(f"{ledger_url}/v1/trial-balance")).json()
+            tb = (await http.get(f"{ledger_url}/v1/trial-balance", headers=finance)).json()
             held = [a for a in tb["accounts"] if a["type"] == "held" and a["posted_pence"] != 0]
             pending = tb.get("pending_debits_pence", 0)  # two-phase holds still open
             return tb if not held and not pending and tb["accounts"] else None
 
         tb = await wait_until(settled)
-        verify = (await http.get(f"{ledger_url}/v1/verify")).json()
+        verify = (await http.get(f"{ledger_url}/v1/verify", headers=finance)).json()
+        london = bearer_headers(["ledger:read"], subject="london-finance-team", regions=["Y56"])
+        seen = (await http.get(f"{ledger_url}/v1/accounts", params={"type": "fund"}, headers=london)).json()
+        london_funds = [a["account_id"] for a in seen.get("items", [])]
+        anonymous = (await http.get(f"{ledger_url}/v1/trial-balance")).status_code
+        refused = (await http.post(f"{pay_url}/v1/settlements/run", json={"period": period}, headers=finance)).status_code
 
     out("")
     out(f"Settlement, period {period} (per provider):")
@@ -142,6 +153,8 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
     out("")
     out(f"  Ledger total: {format_pence(tb['total_pence'])} (must be £0.00)   hash chain: "
         f"{'verified' if verify['ok'] else 'BROKEN: ' + verify['reason']} ({verify['entries_checked']} entries)")
+    out(f"  Access control: no token -> HTTP {anonymous}; a read-only token running settlement -> HTTP {refused};"
+        f" the London finance team's token sees funds {london_funds}")
     return {"total_pence": tb["total_pence"], "verified": int(verify["ok"])}
 
 

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from services.feedback import domain, fhir, store
-from shared.http import PROBLEM_RESPONSES, Problem
+from shared.auth import principal_of
+from shared.http import PROBLEM_RESPONSES, Problem, problem
 from shared.logging import correlation_id_var
 from shared.outbox import enqueue
 
@@ -120,7 +121,10 @@ async def _accept_one(request: Request, sub: domain.Submission, channel: str) ->
         raise Problem(409, "Conflict", str(exc), errors=[{"field": "submission_id", "message": "already used with different content"}]) from exc
 
 
-@router.post("/submissions", response_model=AcceptedView, status_code=202, tags=["submissions"],
+DUPLICATE = {200: {"model": AcceptedView, "description": "Duplicate: this submission was already accepted; nothing changed"}}
+
+
+@router.post("/submissions", response_model=AcceptedView, status_code=202, tags=["submissions"], responses=DUPLICATE,
              summary="Submit one patient answer (idempotent on submission_id / Idempotency-Key)")
 async def submit(
     request: Request,
@@ -225,7 +229,18 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
 
 @router.post("/fhir/QuestionnaireResponse", response_model=AcceptedView, status_code=202, tags=["fhir"],
              summary="Submit a FHIR R4 (UK Core) QuestionnaireResponse, application/fhir+json",
-             openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": {"type": "object"}}}}})
+             responses={**DUPLICATE, 413: problem("Body larger than 1 MB (problem details)"),
+                        415: problem("Content-Type is not application/fhir+json or application/json (problem details)")},
+             openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": {"type": "object"}, "examples": {
+                 "fft": {"value": {
+                     "resourceType": "QuestionnaireResponse", "identifier": {"value": "qr-1"},
+                     "questionnaire": fhir.QUESTIONNAIRE_BASE + "fft", "status": "completed",
+                     "subject": {"identifier": {"system": fhir.NHS_NUMBER_SYSTEM, "value": "9990000018"}},
+                     "encounter": {"identifier": {"system": fhir.EPISODE_SYSTEM, "value": "ep-1"}},
+                     "authored": "2026-11-01T09:30:00+00:00",
+                     "extension": [{"url": fhir.PROVIDER_EXTENSION,
+                                    "valueReference": {"identifier": {"system": fhir.ODS_SYSTEM, "value": "RJ1"}}}],
+                     "item": [{"linkId": "fft", "answer": [{"valueCoding": {"code": "1"}}]}]}}}}}}})
 async def submit_fhir(
     request: Request,
     response: Response,
@@ -244,7 +259,7 @@ async def submit_fhir(
                       errors=[{"field": "(body)", "message": "too large"}])
     try:
         resource = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested thousands deep
         raise Problem(400, "Bad request", "body is not JSON", errors=[{"field": "(body)", "message": "not JSON"}]) from exc
     try:
         body, paths = fhir.to_submission(resource)
@@ -265,6 +280,12 @@ async def submit_fhir(
     return AcceptedView(**accepted.__dict__)
 
 
+def _visible(request: Request, provider_code: str) -> bool:
+    """Region-scoped tokens see only their regions' providers (unknown providers: national tokens only)."""
+    region = request.app.state.reference.region_of_provider(provider_code)
+    return principal_of(request).sees_region(region)
+
+
 FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UTC). Providers with 1-4 responses "
             "are suppressed (primary); zero is shown; when exactly one provider is suppressed, the next smallest also "
             "hides its counts (secondary). Percentages are whole numbers, rounded half up.")
@@ -273,8 +294,16 @@ FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UT
 @router.get("/reports/fft", response_model=FftReport, tags=["reports"],
             summary="FFT % positive and % negative per provider for a month, with NHS-style suppression")
 async def fft_report(request: Request, period: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]) -> FftReport:
+    try:
+        store.month_bounds(period)
+    except ValueError as exc:  # matches the pattern but is no calendar month (0000-01, 9999-12): 422, not 500
+        raise Problem(422, "Invalid request", f"period {period} is out of range",
+                      errors=[{"field": "period", "message": "year out of range"}]) from exc
     async with request.app.state.runtime.pool.acquire() as conn:
         counts = await store.fft_counts(conn, period)
+    # A region-scoped token gets the report computed over its region's providers only, so both
+    # suppression rules (and the total) hold within what it can see.
+    counts = {code: c for code, c in counts.items() if _visible(request, code)}
     rows, total = domain.fft_report(counts)
     return FftReport(period=period, rule=FFT_RULE, providers=[FftReportRow(**r.__dict__) for r in rows],
                      total=FftReportRow(**total.__dict__))
@@ -294,6 +323,7 @@ async def prom_report(
                       errors=[{"field": "min_count", "message": f"must be at least {settings.prom_min_count_floor}"}])
     async with request.app.state.runtime.pool.acquire() as conn:
         rows = await store.prom_pairs(conn, procedure)
+    rows = [r for r in rows if _visible(request, r[0])]
     groups = domain.prom_report(rows, n)
     rule = (f"Each patient's first pre_op and first post_op answer per instrument and procedure; health gain = post − pre "
             f"(Oxford total 0-48, EQ VAS 0-100; higher is better). Groups with fewer than {n} pairs show no averages.")

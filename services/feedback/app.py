@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from services.feedback import api, consumer
 from services.feedback.privacy import install_log_redaction
 from services.feedback.settings import FeedbackSettings
+from services.feedback.policy import POLICY
 from shared import http
+from shared.auth import config_from_settings, policy_dependency
+from shared.reference import load_reference
 
 
 def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
@@ -23,6 +26,7 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.keyring = settings.keyring()
+    app.state.reference = load_reference()
     http.install(app, "feedback")
-    app.include_router(api.router)
+    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
     return app

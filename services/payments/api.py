@@ -8,11 +8,12 @@ from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.payments import store
 from services.payments.schemes import Scheme
-from shared.contracts import OdsCode, PaymentRequested, RegionCode
+from shared.contracts import OdsCode, PaymentRequested, RegionCode, no_nul
+from shared.auth import principal_of
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
 
@@ -79,23 +80,19 @@ def _cid() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Authorisation seam
+# Authorisation: scopes are enforced for every route by the router-level policy (policy.py);
+# these helpers apply what a token may see (regions) and who it is (the actor recorded).
 # ---------------------------------------------------------------------------------------------
-def require_scope(scope: str):  # type: ignore[no-untyped-def]
-    """The one place authorisation will be enforced (JWT scopes, a later issue).
+def _actor(request: Request, claimed: str) -> str:
+    """The person acting: the token's subject when auth is on, else what the body says."""
+    principal = principal_of(request)
+    return principal.subject if principal.subject != "anonymous" else claimed
 
-    Today every caller is allowed and the request body names the person acting (``appealed_by``,
-    ``decided_by``), which is recorded with the time of each step. Replace ``_allow`` with a check
-    of the bearer token's scopes (``appeals:write`` for providers, ``appeals:decide`` for the
-    commissioning team, ``schemes:admin`` for finance; see ``shared/auth.py``) and nothing else
-    needs to change. When it is enforced, ``appealed_by`` / ``decided_by`` should come from the
-    token's subject rather than the body.
-    """
 
-    async def _allow(request: Request) -> str:
-        return scope
-
-    return Depends(_allow)
+def _check_region(request: Request, region_code: str | None, what: str) -> None:
+    """A region-scoped token sees only its regions' providers and funds (404, not 403: no leak)."""
+    if not principal_of(request).sees_region(region_code):
+        raise Problem(404, "Not found", f"no {what}")
 
 
 def now() -> datetime:
@@ -112,8 +109,15 @@ async def _accept(request: Request, req: PaymentRequested) -> store.Accepted:
 
 
 @router.post("/payment-requests", response_model=AcceptedView, status_code=201, tags=["payments"],
+             responses={200: {"model": AcceptedView, "description": "Duplicate: this payment_id was already accepted; nothing changed"}},
              summary="Request payment for one care episode (idempotent on payment_id)")
-async def create_payment_request(request: Request, response: Response, body: PaymentRequested) -> AcceptedView:
+async def create_payment_request(
+    request: Request,
+    response: Response,
+    body: Annotated[PaymentRequested, Body(openapi_examples={"maternity": {"value": {
+        "payment_id": "pay-1", "episode_id": "ep-1", "commissioner_code": "QWE", "provider_code": "RJ1",
+        "service_type": "maternity", "activity_date": "2026-11-01", "amount_pence": 123457}}})],
+) -> AcceptedView:
     try:
         accepted = await _accept(request, body)
     except store.InputError as exc:
@@ -156,6 +160,7 @@ async def get_episode(request: Request, episode_id: str) -> dict[str, Any]:
         view = await store.episode_view(conn, episode_id, rt.book)
     if view is None:
         raise Problem(404, "Not found", f"no episode {episode_id}")
+    _check_region(request, view.get("region_code"), f"episode {episode_id}")
     return view
 
 
@@ -165,8 +170,7 @@ async def list_schemes(request: Request) -> list[Scheme]:
 
 
 @router.post("/settlements/run", response_model=list[SettlementView], tags=["settlements"],
-             summary="Settle a period now (admin); idempotent per provider and period",
-             dependencies=[require_scope("schemes:admin")])
+             summary="Settle a period now (admin); idempotent per provider and period")
 async def run_settlement(request: Request, body: SettlementRun) -> list[SettlementView]:
     rt = _rt(request)
     try:
@@ -183,9 +187,11 @@ async def list_settlements(request: Request, period: Annotated[str, Field(patter
         raise Problem(422, "Invalid request", "period must be YYYY-MM")
     async with _rt(request).pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM settlements WHERE period = $1 ORDER BY settlement_id", period)
+    principal = principal_of(request)
     return [
         SettlementView(scheme=f"{r['scheme_id']}@{r['scheme_version']}", **{k: r[k] for k in SettlementView.model_fields if k != "scheme"})
         for r in rows
+        if principal.sees_region(r["region_code"])
     ]
 
 
@@ -193,8 +199,9 @@ def today() -> date:
     return date.today()
 
 
-Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")]
-Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+# no_nul: stored in PostgreSQL text columns, which cannot hold NUL (a 422, not a 500).
+Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$"), AfterValidator(no_nul)]
+Reason = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(no_nul)]
 
 
 class AppealRequest(BaseModel):
@@ -220,14 +227,15 @@ def _refused(exc: Exception) -> Problem:
 
 
 @router.post("/episodes/{episode_id}/appeal", tags=["appeals"], status_code=201,
-             summary="A provider appeals an episode's diversion (within the scheme's appeal window after settlement)",
-             dependencies=[require_scope("appeals:write")])
+             responses={200: {"description": "This appeal was already open: the existing appeal, unchanged",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+             summary="A provider appeals an episode's diversion (within the scheme's appeal window after settlement)")
 async def open_appeal(request: Request, response: Response, episode_id: EpisodeId, body: AppealRequest) -> dict[str, Any]:
     rt = _rt(request)
     try:
         async with rt.pool.acquire() as conn:
             async with conn.transaction():
-                appeal, created = await store.open_appeal(conn, episode_id, appealed_by=body.appealed_by,
+                appeal, created = await store.open_appeal(conn, episode_id, appealed_by=_actor(request, body.appealed_by),
                                                           reason=body.reason, book=rt.book, now=now())
     except (store.NotFound, store.Refused) as exc:
         raise _refused(exc) from exc
@@ -237,15 +245,14 @@ async def open_appeal(request: Request, response: Response, episode_id: EpisodeI
 
 
 @router.post("/episodes/{episode_id}/appeal/decision", tags=["appeals"],
-             summary="Uphold (fund -> provider) or reject an open appeal, with a reason",
-             dependencies=[require_scope("appeals:decide")])
+             summary="Uphold (fund -> provider) or reject an open appeal, with a reason")
 async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDecision) -> dict[str, Any]:
     rt = _rt(request)
     try:
         async with rt.pool.acquire() as conn:
             async with conn.transaction():
                 appeal, _changed = await store.decide_appeal(conn, episode_id, outcome=body.outcome,
-                                                             decided_by=body.decided_by, reason=body.reason,
+                                                             decided_by=_actor(request, body.decided_by), reason=body.reason,
                                                              now=now(), correlation_id=_cid())
     except (store.NotFound, store.Refused) as exc:
         raise _refused(exc) from exc
@@ -254,10 +261,12 @@ async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDec
 
 @router.get("/episodes/{episode_id}/appeal", tags=["appeals"], summary="An episode's appeal with every step (who, when, why)")
 async def get_appeal(request: Request, episode_id: EpisodeId) -> dict[str, Any]:
-    async with _rt(request).pool.acquire() as conn:
+    rt = _rt(request)
+    async with rt.pool.acquire() as conn:
         appeal = await store.appeal_view(conn, episode_id)
     if appeal is None:
         raise Problem(404, "Not found", f"episode {episode_id} has no appeal")
+    _check_region(request, rt.reference.region_of_provider(appeal.get("provider_code", "")), f"appeal for {episode_id}")
     return appeal
 
 
@@ -268,8 +277,11 @@ async def list_appeals(
     provider_code: Annotated[OdsCode | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    async with _rt(request).pool.acquire() as conn:
-        return await store.list_appeals(conn, status=status, provider_code=provider_code, limit=limit)
+    rt = _rt(request)
+    async with rt.pool.acquire() as conn:
+        appeals = await store.list_appeals(conn, status=status, provider_code=provider_code, limit=limit)
+    principal = principal_of(request)
+    return [a for a in appeals if principal.sees_region(rt.reference.region_of_provider(a.get("provider_code", "")))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +296,7 @@ async def provider_period(request: Request, provider_code: Annotated[OdsCode, Pa
     rt = _rt(request)
     if provider_code not in rt.reference.providers:
         raise Problem(404, "Not found", f"{provider_code} is not a known provider")
+    _check_region(request, rt.reference.region_of_provider(provider_code), f"provider {provider_code}")
     async with rt.pool.acquire() as conn:
         return await store.provider_figures(conn, provider_code, period)
 
@@ -294,5 +307,6 @@ async def fund_period(request: Request, region_code: Annotated[RegionCode, Path(
     rt = _rt(request)
     if region_code not in rt.reference.regions:
         raise Problem(404, "Not found", f"{region_code} is not a known region")
+    _check_region(request, region_code, f"fund for {region_code}")
     async with rt.pool.acquire() as conn:
         return await store.fund_figures(conn, region_code, period)

@@ -7,12 +7,14 @@ import contextlib
 import logging
 from datetime import date, timedelta
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from services.payments import api, consumer, store
 from services.payments.schemes import load_schemes
 from services.payments.settings import PaymentsSettings
+from services.payments.policy import POLICY
 from shared import http
+from shared.auth import config_from_settings, policy_dependency
 from shared.reference import load_reference
 from shared.service import Runtime
 
@@ -69,5 +71,5 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     http.install(app, "payments")
-    app.include_router(api.router)
+    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
     return app

@@ -136,6 +136,8 @@ def parse_scheme(text: str, source: str = "<scheme>") -> Scheme:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SchemeError(f"{source}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise SchemeError(f"{source}: not valid TOML: nested too deeply") from exc
     try:
         return Scheme.model_validate(data)
     except ValidationError as exc:

@@ -15,8 +15,11 @@ import httpx
 import pytest
 
 from services.feedback.domain import synthetic_nhs_number
+from shared.auth import SCOPES, bearer_headers
 from shared.devstack import Stack
 from tests.helpers import eventually
+
+ALL_SCOPES = bearer_headers(sorted(SCOPES), subject="tests")
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +56,7 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
     period = f"{activity:%Y-%m}"
     payments, feedback = stack.url("payments"), stack.url("feedback")
     ledger = stack.url("ledger")
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=ALL_SCOPES) as http:
         for n, (case, (provider, _region, icb, answer)) in enumerate(CASES.items()):
             r = await http.post(f"{payments}/v1/payment-requests", json={
                 "payment_id": f"pay-{run}-{case}", "episode_id": f"ep-{run}-{case}", "commissioner_code": icb,

@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.feedback.domain import synthetic_nhs_number
 from shared.contracts import PaymentRequested, envelope
+from shared.auth import SCOPES, bearer_headers
 from shared.devstack import Stack
 from shared.topics import (
     FEEDBACK_RECEIVED,
@@ -32,6 +33,8 @@ from shared.topics import (
     LEDGER_TRANSFER_REQUESTS,
     PAYMENTS_REQUESTED,
 )
+
+ALL_SCOPES = bearer_headers(sorted(SCOPES), subject="tests")
 
 PROVIDERS = [("RJ1", "QWE"), ("RRV", "QMJ"), ("RTH", "QU9"), ("RA7", "QUY"), ("RGT", "QUE"),
              ("R0A", "QOP"), ("RRK", "QHL"), ("RTD", "QHM"), ("RR8", "QWO"), ("RH8", "QJK")]
@@ -110,7 +113,7 @@ def build(n: int, seed: int) -> tuple[list[dict], list[dict]]:
 async def send_load(stack: Stack, payments: list[dict], feedback: list[dict], c: Counters) -> None:
     bootstrap = stack.infra.kafka_bootstrap
     half_p, half_f = len(payments) // 2, len(feedback) // 2
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=ALL_SCOPES) as http:
         async def http_payments() -> None:
             for i in range(0, half_p, 250):
                 r = await http_call(http, c, "POST", f"{stack.url('payments')}/v1/payment-requests/batch", json=payments[i:i + 250])
@@ -230,7 +233,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 async def settle_and_wait(stack: Stack, period: str, c: Counters, timeout_s: float = 600) -> None:
     pay_db = stack.database_urls["payments"]
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=ALL_SCOPES) as http:
         deadline = time.monotonic() + timeout_s
         # Wait until payments has every episode, then settle, then wait for the ledger.
         while time.monotonic() < deadline:
@@ -287,7 +290,8 @@ async def snapshot(stack: Stack) -> dict[str, Any]:
         answers = await pay.fetchval("SELECT count(*) FROM answers")
         submissions = await fb.fetchval("SELECT count(*) FROM submissions")
         per_payment = {r["pid"]: r["total"] for r in await led.fetch(
-            "SELECT e.cause->>'payment_id' AS pid, sum(l.amount_pence) AS total FROM entries e JOIN legs l ON l.entry_seq = e.seq"
+            "SELECT (e.request::jsonb)->'cause'->>'payment_id' AS pid, sum(l.amount_pence) AS total"
+            " FROM entries e JOIN legs l ON l.entry_seq = e.seq"
             " WHERE l.account_id LIKE 'provider:%' OR l.account_id LIKE 'fund:%' GROUP BY 1")}
         return {"balances": balances, "entries": entries, "transfer_ids": transfer_ids, "head": tuple(head), "asked": asked,
                 "episodes": episodes, "answers": answers, "submissions": submissions, "per_payment": per_payment}
@@ -354,11 +358,11 @@ async def run(episodes: int = 20_000, min_kills: int = 20, seed: int = 7) -> dic
         await chaos_task
         await settle_and_wait(stack, period, c)
         before = await snapshot(stack)
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=120, headers=ALL_SCOPES) as http:
             verify = (await http.get(f"{stack.url('ledger')}/v1/verify")).json()
         await replay(stack, c)
         after = await snapshot(stack)
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=120, headers=ALL_SCOPES) as http:
             verify_after = (await http.get(f"{stack.url('ledger')}/v1/verify")).json()
         result = check(before, after, c)
         result.update(chain_ok=verify["ok"] and verify_after["ok"], counters=c, seconds=time.monotonic() - t0)

@@ -39,8 +39,13 @@ from services.payments.settings import PaymentsSettings
 from shared.contracts import FeedbackReceived, PaymentRequested, envelope
 from shared.db import ensure_database
 from shared.topics import FEEDBACK_RECEIVED, PAYMENTS_REQUESTED
+from shared.auth import bearer_headers
 from tests.conftest import running
 from tests.helpers import eventually, publish
+
+# The actor recorded for each appeal step is the token's subject, not what the body claims.
+PROVIDER = bearer_headers(["appeals:write"], subject="finance.lead@rj1.nhs.uk")
+PANEL = bearer_headers(["appeals:decide"], subject="appeals.panel@icb.nhs.uk")
 
 pytestmark = pytest.mark.integration
 
@@ -241,36 +246,37 @@ async def lifecycle(hold_model: str, database: str, ledger_database: str, kafka_
 
         # Appeals: the provider appeals within the window; an authorised person decides.
         appeal = {"appealed_by": "finance.lead@rj1.nhs.uk", "reason": "the patient was treated by another trust"}
-        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal)
+        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal, headers=PROVIDER)
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "open" and r.json()["diverted_pence"] == 10_000
-        assert (await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal)).status_code == 200  # retry
-        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json={**appeal, "reason": "another reason"})
+        assert (await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal, headers=PROVIDER)).status_code == 200  # retry
+        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json={**appeal, "reason": "another reason"}, headers=PROVIDER)
         assert r.status_code == 409 and "already has an appeal" in r.json()["detail"]
         decision = {"outcome": "upheld", "decided_by": "appeals.panel@icb.nhs.uk", "reason": "episode miscoded"}
-        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json=decision)
+        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json=decision, headers=PANEL)
         assert r.status_code == 200, r.text
         upheld = r.json()
         assert upheld["status"] == "upheld" and upheld["transfer_id"] == f"appeal:pay-{run}-upd"
         assert [(h["step"], h["actor"]) for h in upheld["history"]] == [
             ("appealed", "finance.lead@rj1.nhs.uk"), ("upheld", "appeals.panel@icb.nhs.uk")]
-        assert (await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json=decision)).json()["status"] == "upheld"
-        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json={**decision, "outcome": "rejected"})
+        assert (await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json=decision, headers=PANEL)).json()["status"] == "upheld"
+        r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json={**decision, "outcome": "rejected"}, headers=PANEL)
         assert r.status_code == 409 and "already upheld" in r.json()["detail"]
 
-        assert (await pay.post(f"/v1/episodes/ep-{run}-rej/appeal", json=appeal)).status_code == 201
+        assert (await pay.post(f"/v1/episodes/ep-{run}-rej/appeal", json=appeal, headers=PROVIDER)).status_code == 201
         r = await pay.post(f"/v1/episodes/ep-{run}-rej/appeal/decision",
-                           json={"outcome": "rejected", "decided_by": "appeals.panel@icb.nhs.uk", "reason": "answer stands"})
+                           json={"outcome": "rejected", "decided_by": "appeals.panel@icb.nhs.uk", "reason": "answer stands"},
+                           headers=PANEL)
         assert r.status_code == 200 and r.json()["status"] == "rejected" and r.json()["transfer_id"] is None
 
         for key, why in (("dk", "nothing was diverted"), ("min1", "nothing was diverted"), ("late", "appeal window")):
             r = await pay.post(f"/v1/episodes/ep-{run}-{key}/appeal", json=appeal)
             assert r.status_code == 409 and why in r.json()["detail"], (key, r.text)
-        assert (await pay.post(f"/v1/episodes/ep-{run}-nope/appeal", json=appeal)).status_code == 404
-        r = await pay.post(f"/v1/episodes/ep-{run}-dec/appeal", json={"appealed_by": "x"})
+        assert (await pay.post(f"/v1/episodes/ep-{run}-nope/appeal", json=appeal, headers=PROVIDER)).status_code == 404
+        r = await pay.post(f"/v1/episodes/ep-{run}-dec/appeal", json={"appealed_by": "x"}, headers=PROVIDER)
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "reason"
         assert (await pay.get(f"/v1/episodes/ep-{run}-dec")).json()["appeal"] is None
-        r = await pay.post(f"/v1/episodes/ep-{run}-dec/appeal/decision", json=decision)
+        r = await pay.post(f"/v1/episodes/ep-{run}-dec/appeal/decision", json=decision, headers=PANEL)
         assert r.status_code == 404
 
         expected.update({"provider:RJ1": 675_000, "fund:Y56": 25_000})
