@@ -100,6 +100,14 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
         r = await http.post(f"{pay_url}/v1/payment-requests/batch", json=payments, headers=commissioner)
         r.raise_for_status()
         out(f"   accepted {r.json()['accepted']}, rejected {r.json()['rejected']}; 10% of each is held")
+        at_risk = sum(item["result"]["at_risk_pence"] for item in r.json()["items"] if item.get("result"))
+
+        async def held() -> int | None:
+            tb = (await http.get(f"{ledger_url}/v1/trial-balance", headers=finance)).json()
+            return tb["pending_credits_pence"] if tb.get("pending_credits_pence") == at_risk else None
+
+        await wait_until(held)
+        out(f"   the ledger shows {format_pence(at_risk)} at risk as pending transfers (reserved, not yet paid)")
         out(f"2. {len(feedback)} patients answer the Friends and Family Test ({len(payments) - len(feedback)} never answer)")
         for fb in feedback:
             (await http.post(f"{fb_url}/v1/submissions", json=fb, headers=app_backend)).raise_for_status()
@@ -144,7 +152,7 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
     out("Ledger balances:")
     names = {**{k: v.name for k, v in ref.providers.items()}, **{k: v.name for k, v in ref.commissioners.items()},
              **{k: f"{v} improvement fund" for k, v in ref.regions.items()}}
-    for kind, title in (("commissioner", "Commissioners"), ("provider", "Providers"), ("fund", "Regional improvement funds"), ("held", "Held (at risk)")):
+    for kind, title in (("commissioner", "Commissioners"), ("provider", "Providers"), ("fund", "Regional improvement funds")):
         rows = [a for a in tb["accounts"] if a["type"] == kind]
         out(f"  {title}")
         for a in rows:
