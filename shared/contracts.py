@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from enum import IntEnum
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # ---------------------------------------------------------------------------------------------
 # Identifiers and codes
@@ -28,6 +28,16 @@ TransferId = Annotated[
 ]
 """A ledger transfer id. Longer than ExternalId so that ids derived from a client's id
 (``settle:<payment_id>``, ``release:<payment_id>``) always fit."""
+
+def no_nul(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422 / dead letter), not in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+FreeText = Annotated[str, AfterValidator(no_nul)]
+"""A free-form string that is stored: anything but NUL."""
 
 OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3}([A-Z0-9]{2})?$")]
 """An ODS organisation code: 3 characters (trust, ICB) or 5 (trust site)."""
@@ -83,9 +93,9 @@ class Envelope(Contract, Generic[T]):
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str
     occurred_at: datetime = Field(default_factory=utcnow)
-    correlation_id: str = Field(min_length=1, max_length=200)
-    causation_id: str | None = Field(default=None, max_length=200)
-    producer: str = Field(min_length=1, max_length=100)
+    correlation_id: FreeText = Field(min_length=1, max_length=200)
+    causation_id: FreeText | None = Field(default=None, max_length=200)
+    producer: FreeText = Field(min_length=1, max_length=100)
     data: T
 
 
@@ -135,15 +145,15 @@ class TransferCause(Contract):
     """Why money moved: enough to explain the transfer to an auditor."""
 
     kind: Literal["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld", "reversal", "expiry", "manual"]
-    payment_id: str | None = None
-    episode_id: str | None = None
-    provider_code: str | None = None
-    period: str | None = None
-    scheme_id: str | None = None
+    payment_id: FreeText | None = None
+    episode_id: FreeText | None = None
+    provider_code: FreeText | None = None
+    period: FreeText | None = None
+    scheme_id: FreeText | None = None
     scheme_version: int | None = None
-    settlement_id: str | None = None
-    appeal_id: str | None = None
-    note: str | None = Field(default=None, max_length=500)
+    settlement_id: FreeText | None = None
+    appeal_id: FreeText | None = None
+    note: FreeText | None = Field(default=None, max_length=500)
 
 
 MAX_LEGS = 16
@@ -213,7 +223,7 @@ class TransferPosted(Contract):
     status: Literal["posted", "pending", "voided", "rejected"]
     entry_seq: int | None = None
     entry_hash: str | None = None
-    reason: str | None = None
+    reason: FreeText | None = None  # stored by payments
 
 
 EVENT_TYPES: dict[str, type[Contract]] = {

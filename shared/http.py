@@ -104,9 +104,39 @@ def install(app: FastAPI, service: str) -> None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details; some problems add members (e.g. required_scope, transfer_id)",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "Each failing field",
+            "items": {"type": "object", "required": ["field", "message"],
+                      "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
+        },
+    },
+}
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry whose body is problem details (application/problem+json)."""
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+
+
+# Every route behind the auth policy can answer these (401/403 from shared/auth.py, 503 from the
+# transient-error handler above), so each service's router documents them for all its routes.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad request (problem details)"},
-    404: {"description": "Not found (problem details)"},
-    409: {"description": "Conflict: same id, different content (problem details)"},
-    422: {"description": "Validation failed; `errors` names each failing field (problem details)"},
+    400: problem("Bad request (problem details)"),
+    401: problem("No bearer token, or an invalid one (problem details)"),
+    403: problem("The token lacks the scope this route needs, or its region limit excludes it (problem details)"),
+    404: problem("Not found (problem details)"),
+    409: problem("Conflict: same id, different content (problem details)"),
+    422: problem("Validation failed; `errors` names each failing field (problem details)"),
+    503: problem("A dependency (database, broker) is briefly unavailable; retry the same request (problem details)"),
 }

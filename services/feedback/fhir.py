@@ -11,6 +11,7 @@ which UK Core profiles).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
@@ -53,6 +54,7 @@ FREE_TEXT_LINK_ID = "free-text"  # any instrument; stays in the feedback store
 INTEGER_FIELDS = {"fft_answer", "mobility", "self_care", "usual_activities", "pain_discomfort", "anxiety_depression", "vas"}
 ACCEPTED_STATUSES = ("completed", "amended")
 MAX_ITEMS = 100
+INTEGER_CODE = re.compile(r"-?[0-9]{1,9}")
 
 
 class FhirError(ValueError):
@@ -111,7 +113,8 @@ def _answer_value(item: Any, where: str, field: str) -> Any:
         raise _fail(f"{where}.answer[0]", "needs valueCoding, valueInteger or valueString")
     if field in INTEGER_FIELDS or field.startswith("item"):
         if isinstance(value, str):
-            if not value.strip().lstrip("-").isdigit():
+            # ASCII digits only, bounded: str.isdigit() also accepts "²" and "--5", which int() refuses.
+            if not INTEGER_CODE.fullmatch(value.strip()):
                 raise _fail(f"{where}.answer[0]", f"linkId '{item.linkId}' needs an integer code")
             value = int(value)
     return value
