@@ -59,17 +59,33 @@ async def kafka_bootstrap(infra) -> AsyncIterator[str]:
     yield infra.kafka_bootstrap
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
+    """Create a throwaway database on the server, yield its DSN, drop it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = await ensure_database(server_dsn, name)
+    try:
+        yield dsn
+    finally:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
 async def database(infra) -> AsyncIterator[str]:
     """A fresh, empty database for one test; its DSN."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = await ensure_database(infra.postgres_dsn, name)
-    yield dsn
-    conn = await asyncpg.connect(infra.postgres_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with fresh_database(infra.postgres_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def second_database(infra) -> AsyncIterator[str]:
+    """Another fresh database, for tests that run two services (each owns its database)."""
+    async with fresh_database(infra.postgres_dsn) as dsn:
+        yield dsn
 
 
 ALL_SCOPES_TOKEN = mint(sorted(SCOPES), subject="tests", ttl_s=6 * 3600)

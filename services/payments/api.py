@@ -7,10 +7,10 @@ import uuid
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
 
-from services.payments import store
+from services.payments import metrics, store
 from services.payments.schemes import Scheme
 from shared.contracts import OdsCode, PaymentRequested, RegionCode, no_nul
 from shared.auth import principal_of
@@ -104,8 +104,10 @@ async def _accept(request: Request, req: PaymentRequested) -> store.Accepted:
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
-            return await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid(),
-                                              hold_model=rt.hold_model)
+            accepted = await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid(),
+                                                  hold_model=rt.hold_model)
+    metrics.payment_accepted(accepted, req.amount_pence, rt.reference.region_of_provider(req.provider_code))  # committed
+    return accepted
 
 
 @router.post("/payment-requests", response_model=AcceptedView, status_code=201, tags=["payments"],
@@ -251,11 +253,12 @@ async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDec
     try:
         async with rt.pool.acquire() as conn:
             async with conn.transaction():
-                appeal, _changed = await store.decide_appeal(conn, episode_id, outcome=body.outcome,
-                                                             decided_by=_actor(request, body.decided_by), reason=body.reason,
-                                                             now=now(), correlation_id=_cid())
+                appeal, changed = await store.decide_appeal(conn, episode_id, outcome=body.outcome,
+                                                            decided_by=_actor(request, body.decided_by), reason=body.reason,
+                                                            now=now(), correlation_id=_cid())
     except (store.NotFound, store.Refused) as exc:
         raise _refused(exc) from exc
+    metrics.appeal_decided(appeal, changed)  # committed
     return appeal
 
 

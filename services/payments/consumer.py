@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream.kafka import KafkaMessage
 
-from services.payments import store
+from services.payments import metrics, store
 from shared.consumer import BadEvent
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, parse_envelope
 from shared.service import CONSUMER_DEFAULTS
@@ -34,11 +34,13 @@ def register(runtime: Any, settings: Any) -> None:
         try:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
-                    await store.accept_payment(conn, env.data, book=rt.book, ref=rt.reference,
-                                               correlation_id=env.correlation_id, causation_id=str(env.event_id),
-                                               hold_model=rt.hold_model)
+                    accepted = await store.accept_payment(conn, env.data, book=rt.book, ref=rt.reference,
+                                                          correlation_id=env.correlation_id, causation_id=str(env.event_id),
+                                                          hold_model=rt.hold_model)
         except (store.InputError, store.Conflict) as exc:
             raise BadEvent(str(exc)) from exc
+        # Committed; a redelivery comes back "duplicate" and is not counted again.
+        metrics.payment_accepted(accepted, env.data.amount_pence, rt.reference.region_of_provider(env.data.provider_code))
 
     async def on_feedback_received(value: bytes) -> None:
         env = parse_envelope(value, FeedbackReceived)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.payments import domain
+from services.payments import domain, metrics
 from services.payments.schemes import Scheme, SchemeBook
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested, envelope
 from shared.outbox import enqueue, outbox_row
@@ -240,6 +240,7 @@ async def run_settlement(
     pool: asyncpg.Pool, book: SchemeBook, *, period: str, provider_code: str | None, run_by: str, correlation_id: str,
 ) -> list[dict[str, Any]]:
     """Settle every unsettled unit of a period (optionally one provider), one transaction each."""
+    metrics.settlement_run(run_by)
     async with pool.acquire() as conn:
         units = await conn.fetch(
             "SELECT DISTINCT provider_code, scheme_id, scheme_version FROM episodes"
@@ -252,10 +253,12 @@ async def run_settlement(
         scheme = book.get(unit["scheme_id"], unit["scheme_version"])
         if scheme is None:
             raise InputError("scheme", f"{unit['scheme_id']}@{unit['scheme_version']} is no longer loaded; cannot settle")
-        async with pool.acquire() as conn:
-            async with conn.transaction():
-                summary = await settle_unit(conn, scheme, provider_code=unit["provider_code"], period=period,
-                                            run_by=run_by, correlation_id=correlation_id)
+        with metrics.SETTLEMENT_SECONDS.time():
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    summary = await settle_unit(conn, scheme, provider_code=unit["provider_code"], period=period,
+                                                run_by=run_by, correlation_id=correlation_id)
+        metrics.unit_settled(summary)  # committed: only a new report counts
         if summary:
             reports.append(summary)
     return reports

@@ -20,7 +20,6 @@ from typing import Any
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.feedback.domain import synthetic_nhs_number
 from shared.contracts import PaymentRequested, envelope
@@ -52,6 +51,7 @@ class Counters:
     replays: int = 0
     bad_events: int = 0
     http_retries: int = 0
+    kills_by_service: dict[str, int] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
 
     def note(self, msg: str) -> None:
@@ -168,9 +168,11 @@ async def chaos(stack: Stack, c: Counters, stop: asyncio.Event, min_kills: int, 
     pause_at, restart_pg_at = max(1, min_kills // 4), max(2, min_kills // 2)
     while not stop.is_set() or c.kills < min_kills:
         await asyncio.sleep(rng.uniform(0.5, 3.0))
-        name = rng.choice(CONSUMER_SERVICES)
+        # Round robin, so every consumer service is killed about equally often; timing is random.
+        name = CONSUMER_SERVICES[c.kills % len(CONSUMER_SERVICES)]
         await stack.restart(name, signal.SIGKILL)
         c.kills += 1
+        c.kills_by_service[name] = c.kills_by_service.get(name, 0) + 1
         c.note(f"kill #{c.kills}: SIGKILL {name}, restarted")
         if c.kills == pause_at:
             stack.infra.kafka.pause()

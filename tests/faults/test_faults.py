@@ -22,6 +22,8 @@ async def test_nothing_lost_or_doubled_under_faults() -> None:
         f" lost={result['lost']} doubled={result['doubled']} unbalanced={result['unbalanced_payments']}"
         f" ledger_sum={result['ledger_sum']} chain={'ok' if result['chain_ok'] else 'BROKEN'} seconds={result['seconds']:.0f}"
     )
+    print(f"faults: kills by service {c.kills_by_service}; client retries {c.http_retries}")
+    assert set(c.kills_by_service) == {"ledger", "payments", "feedback"}
     assert c.kills >= kills and c.broker_pauses >= 1 and c.postgres_restarts >= 1 and c.replays >= 1
     assert result["lost"] == 0
     assert result["doubled"] == 0

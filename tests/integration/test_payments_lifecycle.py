@@ -22,12 +22,10 @@ ledger must see only one scenario's transfers).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -37,7 +35,6 @@ from services.payments.app import create_app as create_payments
 from services.payments.schemes import SchemeError
 from services.payments.settings import PaymentsSettings
 from shared.contracts import FeedbackReceived, PaymentRequested, envelope
-from shared.db import ensure_database
 from shared.topics import FEEDBACK_RECEIVED, PAYMENTS_REQUESTED
 from shared.auth import bearer_headers
 from tests.conftest import running
@@ -94,18 +91,6 @@ def scheme_folder(tmp: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-async def ledger_database(infra) -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = await ensure_database(infra.postgres_dsn, name)
-    yield dsn
-    conn = await asyncpg.connect(infra.postgres_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def payment(run: str, key: str) -> dict[str, Any]:
     provider, icb, _ = EPISODES[key]
     return {"payment_id": f"pay-{run}-{key}", "episode_id": f"ep-{run}-{key}", "commissioner_code": icb,
@@ -147,18 +132,18 @@ ACCOUNTS = ["provider:RJ1", "fund:Y56", "commissioner:QWE", "provider:RTH", "fun
 
 
 async def test_every_lifecycle_path_moves_the_right_money(
-    database: str, ledger_database: str, kafka_bootstrap: str, tmp_path: Path,
+    database: str, second_database: str, kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
-    await lifecycle("two_phase", database, ledger_database, kafka_bootstrap, tmp_path)
+    await lifecycle("two_phase", database, second_database, kafka_bootstrap, tmp_path)
 
 
-async def lifecycle(hold_model: str, database: str, ledger_database: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+async def lifecycle(hold_model: str, database: str, second_database: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     """The whole scenario; the ledger must see only this scenario's transfers (one per module)."""
     run = uuid.uuid4().hex[:6]
     payments_settings = PaymentsSettings(
         database_url=database, kafka_bootstrap_servers=kafka_bootstrap, consumer_group=f"payments-{run}",
         schemes_dir=scheme_folder(tmp_path), ledger_hold_model=hold_model)
-    ledger_settings = LedgerSettings(database_url=ledger_database, kafka_bootstrap_servers=kafka_bootstrap,
+    ledger_settings = LedgerSettings(database_url=second_database, kafka_bootstrap_servers=kafka_bootstrap,
                                      consumer_group=f"ledger-{run}")
     # Out of order: the patient's answer reaches payments before the commissioner's request.
     await publish(kafka_bootstrap, FEEDBACK_RECEIVED.name, feedback_events(run, "ooo"))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_payments_lifecycle import ledger_database, lifecycle  # noqa: F401 (fixture)
+from tests.integration.test_payments_lifecycle import lifecycle
 
 pytestmark = pytest.mark.integration
 
 
 async def test_every_lifecycle_path_with_a_held_account(
-    database: str, ledger_database: str, kafka_bootstrap: str, tmp_path: Path,  # noqa: F811
+    database: str, second_database: str, kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
-    await lifecycle("held_account", database, ledger_database, kafka_bootstrap, tmp_path)
+    await lifecycle("held_account", database, second_database, kafka_bootstrap, tmp_path)
