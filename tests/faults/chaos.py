@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import time
 import uuid
@@ -257,7 +258,9 @@ async def wait_quiet(stack: Stack, c: Counters, deadline: float) -> None:
     """Until every transfer payments asked for is posted in the ledger and every group is caught up."""
     pay_db = stack.database_urls["payments"]
     while time.monotonic() < deadline:
-        pending = await _fetchval(pay_db, "SELECT count(*) FROM ledger_transfers WHERE status <> 'posted'")
+        # 'requested' = the ledger has not answered yet (posted, pending and voided are answers;
+        # a rejection would stay and be counted as lost by the checks).
+        pending = await _fetchval(pay_db, "SELECT count(*) FROM ledger_transfers WHERE status = 'requested'")
         lags = [await group_lag(stack.infra.kafka_bootstrap, g) for g in ("ledger", "payments", "payments-ledger-answers")]
         if pending == 0 and sum(lags) == 0:
             return
@@ -319,6 +322,62 @@ async def replay(stack: Stack, c: Counters) -> None:
     await wait_quiet(stack, c, time.monotonic() + 600)
 
 
+DIGIT_RUN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){9}(?![0-9])")
+# The intake topic is where app backends publish submissions with the patient's NHS number: it is
+# identifiable by design (short retention, restricted access; README). Everything else must be clean.
+IDENTIFIABLE_BY_DESIGN = {FEEDBACK_SUBMITTED.name}
+
+
+def _nhs_hits(blob: bytes, nhs_numbers: set[bytes]) -> int:
+    return sum(1 for m in DIGIT_RUN.finditer(blob) if re.sub(rb"[ -]", b"", m.group()) in nhs_numbers)
+
+
+async def privacy_scan(stack: Stack, nhs_numbers: set[bytes]) -> dict[str, int]:
+    """Look for any submitted NHS number in every table, every topic (but the intake) and every log."""
+    hits = {"tables": 0, "topics": 0, "logs": 0, "intake_control": 0}
+    for dsn in stack.database_urls.values():
+        conn = await asyncpg.connect(dsn)
+        try:
+            tables = [r["t"] for r in await conn.fetch(
+                "SELECT quote_ident(table_name) AS t FROM information_schema.tables WHERE table_schema = 'public'")]
+            for table in tables:
+                async with conn.transaction():
+                    async for row in conn.cursor(f"SELECT t::text AS x FROM {table} t", prefetch=5000):
+                        hits["tables"] += _nhs_hits(row["x"].encode(), nhs_numbers)
+        finally:
+            await conn.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.infra.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topics = sorted(t for t in await consumer.topics() if not t.startswith("__"))
+        tps = [TopicPartition(t, p) for t in topics for p in await _partitions(consumer, t)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + 300
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while time.monotonic() < deadline and await behind():
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                for r in records:
+                    blob = (r.value or b"") + (r.key or b"") + b"".join(v for _k, v in (r.headers or ()))
+                    # The intake topic is scanned too, as a control: it must show the numbers, which
+                    # proves the scanner would see them anywhere else.
+                    bucket = "intake_control" if r.topic in IDENTIFIABLE_BY_DESIGN else "topics"
+                    hits[bucket] += _nhs_hits(blob, nhs_numbers)
+    finally:
+        await consumer.stop()
+    for log_file in stack.work_dir.glob("*.log"):
+        if log_file.name.startswith("tansu"):
+            continue  # the broker's own log holds no message contents
+        hits["logs"] += _nhs_hits(log_file.read_bytes(), nhs_numbers)
+    return hits
+
+
 def check(before: dict[str, Any], after: dict[str, Any], c: Counters) -> dict[str, Any]:
     episodes = after["episodes"]
     lost = 0
@@ -367,7 +426,12 @@ async def run(episodes: int = 20_000, min_kills: int = 20, seed: int = 7) -> dic
         async with httpx.AsyncClient(timeout=120, headers=ALL_SCOPES) as http:
             verify_after = (await http.get(f"{stack.url('ledger')}/v1/verify")).json()
         result = check(before, after, c)
-        result.update(chain_ok=verify["ok"] and verify_after["ok"], counters=c, seconds=time.monotonic() - t0)
+        privacy = await privacy_scan(stack, {fb["nhs_number"].encode() for fb in feedback})
+        c.note(f"privacy scan: NHS numbers found in tables={privacy['tables']} topics={privacy['topics']} logs={privacy['logs']}"
+               f" (control: {privacy['intake_control']} in the identifiable intake topic)")
+        result.update(chain_ok=verify["ok"] and verify_after["ok"], counters=c, seconds=time.monotonic() - t0,
+                      privacy_hits=privacy["tables"] + privacy["topics"] + privacy["logs"],
+                      privacy_control=privacy["intake_control"])
         return result
     finally:
         stack.stop()

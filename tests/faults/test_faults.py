@@ -20,7 +20,8 @@ async def test_nothing_lost_or_doubled_under_faults() -> None:
         f"faults: episodes={c.episodes} submissions={c.submissions} kills={c.kills} broker_pauses={c.broker_pauses}"
         f" postgres_restarts={c.postgres_restarts} replays={c.replays} bad_events={c.bad_events}"
         f" lost={result['lost']} doubled={result['doubled']} unbalanced={result['unbalanced_payments']}"
-        f" ledger_sum={result['ledger_sum']} chain={'ok' if result['chain_ok'] else 'BROKEN'} seconds={result['seconds']:.0f}"
+        f" ledger_sum={result['ledger_sum']} chain={'ok' if result['chain_ok'] else 'BROKEN'}"
+        f" nhs_numbers_found={result['privacy_hits']} seconds={result['seconds']:.0f}"
     )
     print(f"faults: kills by service {c.kills_by_service}; client retries {c.http_retries}")
     assert set(c.kills_by_service) == {"ledger", "payments", "feedback"}
@@ -31,3 +32,5 @@ async def test_nothing_lost_or_doubled_under_faults() -> None:
     assert result["ledger_sum"] == 0
     assert result["chain_ok"]
     assert not result["replay_changed_ledger"]
+    assert result["privacy_hits"] == 0
+    assert result["privacy_control"] > 0, "the scanner found nothing even where NHS numbers are expected"
