@@ -41,6 +41,22 @@ DATABASES = {name: f"pp_{name}" for name in SERVICES}
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the process that started us dies (Linux only).
+
+    Without this, a test run that is killed (timeout, Ctrl-C twice) leaves brokers and services
+    running, because they run in their own sessions.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # not Linux: best effort only
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +105,7 @@ class EmbeddedKafka:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
         wait_for_port("127.0.0.1", self.port)
         return self.bootstrap
@@ -215,7 +231,7 @@ class ServiceProcess:
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=ROOT,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     def alive(self) -> bool:
