@@ -217,7 +217,7 @@ async def create_databases(server_dsn: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ServiceProcess:
-    name: str
+    name: str  # the service's package under services/ (several replicas share it)
     port: int
     env: dict[str, str]
     log_path: Path
@@ -268,11 +268,13 @@ class Stack:
     """Infrastructure plus the three services as separate processes."""
 
     def __init__(self, *, work_dir: Path | None = None, allow_containers: bool = False,
-                 extra_env: dict[str, dict[str, str]] | None = None) -> None:
+                 extra_env: dict[str, dict[str, str]] | None = None, replicas: dict[str, int] | None = None) -> None:
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="pp-stack-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.allow_containers = allow_containers
         self.extra_env = extra_env or {}
+        # Replicas of a service share its database and consumer groups: "payments", "payments-2", ...
+        self.replicas = {name: max(1, min((replicas or {}).get(name, 1), 8)) for name in SERVICES}
         self.infra: Infra | None = None
         self.services: dict[str, ServiceProcess] = {}
         self.database_urls: dict[str, str] = {}
@@ -284,16 +286,18 @@ class Stack:
         base_env.pop("DATABASE_URL", None)
         for name in SERVICES:
             prefix = name.upper() + "_"
-            port = free_port()
-            env = {
-                **base_env,
-                "PYTHONPATH": str(ROOT),
-                f"{prefix}HTTP_PORT": str(port),
-                f"{prefix}DATABASE_URL": self.database_urls[name],
-                f"{prefix}KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap,
-                **self.extra_env.get(name, {}),
-            }
-            self.services[name] = ServiceProcess(name, port, env, self.work_dir / f"{name}.log")
+            for replica in range(1, self.replicas[name] + 1):
+                key = name if replica == 1 else f"{name}-{replica}"
+                port = free_port()
+                env = {
+                    **base_env,
+                    "PYTHONPATH": str(ROOT),
+                    f"{prefix}HTTP_PORT": str(port),
+                    f"{prefix}DATABASE_URL": self.database_urls[name],
+                    f"{prefix}KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap,
+                    **self.extra_env.get(name, {}),
+                }
+                self.services[key] = ServiceProcess(name, port, env, self.work_dir / f"{key}.log")
         # Start all three at once (each creates the topics it needs idempotently), then wait.
         for svc in self.services.values():
             svc.start()

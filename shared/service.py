@@ -30,7 +30,7 @@ from shared.consumer import (
     raw_headers,
     validation_reason,
 )
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from shared.kafka import ensure_topics, make_producer
 from shared.logging import correlation_id_var
@@ -39,6 +39,7 @@ from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+EVENTS_HANDLED = Counter("events_handled_total", "Events a consumer handled successfully", ["topic"])
 CONSUMER_LAG = Gauge("consumer_lag_records", "Records behind the partition's high watermark", ["topic", "partition", "group"])
 LAG_INTERVAL_S = 5.0
 
@@ -213,6 +214,7 @@ class Runtime:
         try:
             await process(raw.value)
             self.attempts.forget(raw)
+            EVENTS_HANDLED.labels(raw.topic).inc()
         except ValidationError as exc:
             await self.dead_letter(raw, dlq_topic, validation_reason(exc), "invalid")
         except BadEvent as exc:
