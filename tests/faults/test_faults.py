@@ -8,7 +8,8 @@ import pytest
 
 from tests.faults import chaos
 
-pytestmark = pytest.mark.faults
+# The run takes 12-14 minutes on this 2-core machine; the default per-test timeout (900 s) is too tight.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(2700)]
 
 
 async def test_nothing_lost_or_doubled_under_faults() -> None:
