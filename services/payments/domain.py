@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
-from services.payments.schemes import CHOICE_RELEASE_BPS, Scheme
-from shared.contracts import FftAnswer, Leg, PatientChoice, TransferCause, TransferRequested
+from services.payments.schemes import CHOICE_RELEASE_BPS, Scheme, SchemeBook
+from shared.contracts import FftAnswer, Leg, PatientChoice, PaymentRequested, TransferCause, TransferRequested
 from shared.money import BPS_WHOLE, bps_of, check, split_largest_remainder
+from shared.reference import ReferenceData
 
 
 def period_of(activity_date: date) -> str:
@@ -165,6 +166,43 @@ def payment_transfers(e: Episode) -> tuple[TransferRequested, ...]:
                   Leg(account_id=provider, amount_pence=e.at_risk_pence)),
         ))
     return tuple(out)
+
+
+class InputError(ValueError):
+    """A request that can never succeed (unknown code, ...). HTTP 422; on Kafka, dead-lettered."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def validate_codes(req: PaymentRequested, ref: ReferenceData) -> str:
+    """Check codes against reference data; returns the provider's region."""
+    if req.commissioner_code not in ref.commissioners:
+        raise InputError("commissioner_code", f"{req.commissioner_code} is not a known integrated care board")
+    region = ref.region_of_provider(req.provider_code)
+    if region is None:
+        raise InputError("provider_code", f"{req.provider_code} is not a known provider")
+    return region
+
+
+def episode_for_request(
+    req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData, hold_model: HoldModel = "held_account"
+) -> Episode:
+    """The episode a payment request creates: codes checked, scheme chosen, at-risk share computed.
+
+    Shared by the service (store.accept_payment) and the offline what-if replay, so both apply
+    exactly the same acceptance rules.
+    """
+    region = validate_codes(req, ref)
+    scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
+                         provider=req.provider_code, service_type=req.service_type)
+    return new_episode(
+        payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
+        provider_code=req.provider_code, region_code=region, service_type=req.service_type,
+        activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme, hold_model=hold_model,
+    )
 
 
 def hold(

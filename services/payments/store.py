@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 
 from services.payments import domain, metrics
+from services.payments.domain import InputError  # re-exported: api and consumer catch store.InputError
 from services.payments.schemes import Scheme, SchemeBook
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested, envelope
 from shared.outbox import enqueue, outbox_row
@@ -23,15 +24,6 @@ from shared.reference import ReferenceData
 from shared.topics import LEDGER_TRANSFER_REQUESTS
 
 PRODUCER = "payments"
-
-
-class InputError(ValueError):
-    """A request that can never succeed (unknown code, ...). HTTP 422; on Kafka, dead-lettered."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class Conflict(ValueError):
@@ -53,16 +45,6 @@ class Accepted:
 
 def request_fingerprint(req: PaymentRequested) -> str:
     return hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-
-
-def validate_codes(req: PaymentRequested, ref: ReferenceData) -> str:
-    """Check codes against reference data; returns the provider's region."""
-    if req.commissioner_code not in ref.commissioners:
-        raise InputError("commissioner_code", f"{req.commissioner_code} is not a known integrated care board")
-    region = ref.region_of_provider(req.provider_code)
-    if region is None:
-        raise InputError("provider_code", f"{req.provider_code} is not a known provider")
-    return region
 
 
 def _transfer_rows(transfers: list[tuple[TransferRequested, str]], correlation_id: str, causation_id: str | None):  # type: ignore[no-untyped-def]
@@ -90,14 +72,7 @@ async def accept_payment(
     correlation_id: str, causation_id: str | None = None, hold_model: domain.HoldModel = "held_account",
 ) -> Accepted:
     """Idempotent on payment_id and episode_id. Caller provides the transaction."""
-    region = validate_codes(req, ref)
-    scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
-                         provider=req.provider_code, service_type=req.service_type)
-    episode = domain.new_episode(
-        payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
-        provider_code=req.provider_code, region_code=region, service_type=req.service_type,
-        activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme, hold_model=hold_model,
-    )
+    episode = domain.episode_for_request(req, book=book, ref=ref, hold_model=hold_model)
     transfers = domain.payment_transfers(episode)
     fp = request_fingerprint(req)
     status = "held" if episode.at_risk_pence else "paid_in_full"
@@ -106,7 +81,7 @@ async def accept_payment(
         " activity_date, period, amount_pence, at_risk_pence, scheme_id, scheme_version, request_fingerprint, request,"
         " correlation_id, status, hold_model)"
         " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16,$17) ON CONFLICT DO NOTHING RETURNING 1",
-        req.episode_id, req.payment_id, req.commissioner_code, req.provider_code, region, req.service_type,
+        req.episode_id, req.payment_id, req.commissioner_code, req.provider_code, episode.region_code, req.service_type,
         req.activity_date, episode.period, req.amount_pence, episode.at_risk_pence, episode.scheme_id,
         episode.scheme_version, fp, req.model_dump_json(), correlation_id, status, hold_model,
     )

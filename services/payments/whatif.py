@@ -114,20 +114,11 @@ def replay(
             continue
         by_episode[req.episode_id] = req
     for req in by_episode.values():
-        if req.commissioner_code not in ref.commissioners:
-            out.rejected.append(f"payment {req.payment_id}: commissioner_code {req.commissioner_code} is not known")
+        try:
+            ep = domain.episode_for_request(req, book=book, ref=ref, hold_model=hold_model)
+        except domain.InputError as exc:
+            out.rejected.append(f"payment {req.payment_id}: {exc}")
             continue
-        region = ref.region_of_provider(req.provider_code)
-        if region is None:
-            out.rejected.append(f"payment {req.payment_id}: provider_code {req.provider_code} is not known")
-            continue
-        scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
-                             provider=req.provider_code, service_type=req.service_type)
-        ep = domain.new_episode(
-            payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
-            provider_code=req.provider_code, region_code=region, service_type=req.service_type,
-            activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme, hold_model=hold_model,
-        )
         out.episodes.append(ep)
     out.episodes.sort(key=lambda e: e.episode_id)
     out.answers = [
