@@ -208,6 +208,31 @@ def start_infra(*, allow_containers: bool = False, work_dir: Path | None = None)
     return Infra(bootstrap, dsn, ",".join(kinds), stoppers, kafka, postgres)
 
 
+async def fresh_kafka(infra: Infra) -> tuple[str, EmbeddedKafka | None]:
+    """A broker with none of the project's topics: a new embedded Tansu (caller stops it), or the
+    configured Kafka with the project's topics deleted first. Used by tests and benchmarks."""
+    if infra.kafka is not None:
+        broker = EmbeddedKafka()
+        broker.start()
+        return broker.bootstrap, broker
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from shared.topics import ALL_TOPICS
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t.name for t in ALL_TOPICS if t.name in existing]
+        if doomed:
+            with contextlib.suppress(Exception):
+                await admin.delete_topics(doomed)
+            await asyncio.sleep(2)  # topic deletion completes asynchronously on the brokers
+    finally:
+        await admin.close()
+    return infra.kafka_bootstrap, None
+
+
 async def create_databases(server_dsn: str) -> dict[str, str]:
     return {svc: await ensure_database(server_dsn, db) for svc, db in DATABASES.items()}
 

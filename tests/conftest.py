@@ -19,7 +19,7 @@ import pytest
 
 from shared.auth import SCOPES, mint
 from shared.db import ensure_database
-from shared.devstack import EmbeddedKafka, docker_available, start_infra
+from shared.devstack import docker_available, fresh_kafka, start_infra
 
 
 @pytest.fixture(scope="session")
@@ -36,27 +36,10 @@ async def kafka_bootstrap(infra) -> AsyncIterator[str]:
     Embedded: a fresh Tansu per module (it starts in milliseconds). External or container Kafka:
     the project's topics are deleted first so each module starts clean.
     """
-    if infra.kafka is not None:
-        broker = EmbeddedKafka()
-        broker.start()
-        yield broker.bootstrap
+    bootstrap, broker = await fresh_kafka(infra)
+    yield bootstrap
+    if broker is not None:
         broker.stop()
-        return
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from shared.topics import ALL_TOPICS
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [t.name for t in ALL_TOPICS if t.name in existing]
-        if doomed:
-            with contextlib.suppress(Exception):
-                await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-    yield infra.kafka_bootstrap
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import random
 import statistics
@@ -21,8 +20,8 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from shared.db import ensure_database, migrate
-from shared.devstack import EmbeddedKafka, start_infra
-from shared.topics import ALL_TOPICS, LEDGER_TRANSFER_REQUESTS
+from shared.devstack import fresh_kafka, start_infra
+from shared.topics import LEDGER_TRANSFER_REQUESTS
 
 ACCOUNTS_PER_SIDE = 5_000  # 5,000 commissioner-side + 5,000 provider-side accounts = 10,000
 FUNDS = [f"fund:Y{56 + i}" for i in range(7)]  # the 7 regional funds (hot accounts)
@@ -87,28 +86,6 @@ class Throughput:
     batch_p50: float
     outbox_backlog: int
     verified: str
-
-
-async def fresh_kafka(infra: Any) -> tuple[str, Any]:
-    """A broker with no ledger topics: a new embedded Tansu, or the configured one with topics deleted."""
-    if infra.kafka is not None:
-        broker = EmbeddedKafka()
-        broker.start()
-        return broker.bootstrap, broker
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [t.name for t in ALL_TOPICS if t.name in existing]
-        if doomed:
-            with contextlib.suppress(Exception):
-                await admin.delete_topics(doomed)
-            await asyncio.sleep(2)
-    finally:
-        await admin.close()
-    return infra.kafka_bootstrap, None
 
 
 async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool) -> Throughput:
