@@ -49,38 +49,20 @@ class BatchResult(BaseModel):
     items: list[BatchItemResult]
 
 
-class FftReportRow(BaseModel):
-    provider_code: str
-    responses: int | None
-    counts: dict[str, int] | None
-    pct_positive: int | None
-    pct_negative: int | None
-    suppression: Literal["none", "primary", "secondary"]
-
-
+# The report rows are the core's own dataclasses (domain.FftRow, domain.PromGroup): pydantic
+# validates and documents them as they are, so the API cannot drift from the rules.
 class FftReport(BaseModel):
     period: str
     rule: str
-    providers: list[FftReportRow]
-    total: FftReportRow
-
-
-class PromReportRow(BaseModel):
-    provider_code: str
-    instrument: str
-    procedure: str
-    pairs: int
-    avg_pre: float | None
-    avg_post: float | None
-    avg_health_gain: float | None
-    suppressed: bool
+    providers: list[domain.FftRow]
+    total: domain.FftRow
 
 
 class PromReport(BaseModel):
     procedure: str | None
     min_count: int
     rule: str
-    groups: list[PromReportRow]
+    groups: list[domain.PromGroup]
 
 
 def _errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -305,8 +287,7 @@ async def fft_report(request: Request, period: Annotated[str, Query(pattern=r"^\
     # suppression rules (and the total) hold within what it can see.
     counts = {code: c for code, c in counts.items() if _visible(request, code)}
     rows, total = domain.fft_report(counts)
-    return FftReport(period=period, rule=FFT_RULE, providers=[FftReportRow(**r.__dict__) for r in rows],
-                     total=FftReportRow(**total.__dict__))
+    return FftReport(period=period, rule=FFT_RULE, providers=rows, total=total)
 
 
 @router.get("/reports/proms", response_model=PromReport, tags=["reports"],
@@ -327,4 +308,4 @@ async def prom_report(
     groups = domain.prom_report(rows, n)
     rule = (f"Each patient's first pre_op and first post_op answer per instrument and procedure; health gain = post − pre "
             f"(Oxford total 0-48, EQ VAS 0-100; higher is better). Groups with fewer than {n} pairs show no averages.")
-    return PromReport(procedure=procedure, min_count=n, rule=rule, groups=[PromReportRow(**g.__dict__) for g in groups])
+    return PromReport(procedure=procedure, min_count=n, rule=rule, groups=groups)
