@@ -106,6 +106,9 @@ class TransferView(BaseModel):
     reverses: str | None = None
     reversed_by: str | None = None
     pending_status: str | None = Field(None, description="For a pending transfer: pending, posted, voided or expired")
+    correlation_id: str | None = Field(None, description="Correlation id of the request that caused this entry (an expiry"
+                                       " carries its pending transfer's); tracing metadata, not hashed")
+    causation_id: str | None = Field(None, description="Id of the event (or HTTP request) that delivered the transfer request")
     resolved_by: str | None = None
     reason: str | None = None
     legs: list[LegView]

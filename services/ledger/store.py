@@ -95,13 +95,16 @@ async def _apply(conn: asyncpg.Connection, batch: list[Submitted], expiries: lis
 
     pending_ids = {r.pending_id for r in requests if r.pending_id} | {e.pending_id for e in expiries}
     pendings: dict[str, domain.PendingState] = {}
+    pending_cids: dict[str, str | None] = {}  # an expiry entry carries its pending transfer's correlation id
     if pending_ids:
         for r in await conn.fetch(
-            "SELECT transfer_id, legs::text AS legs, expires_at, status FROM pending_transfers WHERE transfer_id = ANY($1::text[])",
+            "SELECT transfer_id, legs::text AS legs, expires_at, status, correlation_id FROM pending_transfers"
+            " WHERE transfer_id = ANY($1::text[])",
             list(pending_ids),
         ):
             pendings[r["transfer_id"]] = domain.PendingState(
                 r["transfer_id"], tuple((a, int(m)) for a, m in json.loads(r["legs"])), r["expires_at"], r["status"])
+            pending_cids[r["transfer_id"]] = r["correlation_id"]
 
     reversed_ids = {r.reverses for r in requests if r.reverses}
     originals: dict[str, domain.PostedOriginal] = {}
@@ -148,22 +151,33 @@ async def _apply(conn: asyncpg.Connection, batch: list[Submitted], expiries: lis
         head_hash=head["hash"],
         now=stamp,
     )
-    await _write(conn, plan, batch, stamp)
+    await _write(conn, plan, batch, stamp, pending_cids)
     n_exp = len(plan.outcomes) - len(requests)
     return plan.outcomes[n_exp:], plan.outcomes[:n_exp]
 
 
-async def _write(conn: asyncpg.Connection, plan: domain.BatchPlan, batch: list[Submitted], stamp: datetime) -> None:
+def _trace_ids(transfer_id: str, pending_id: str | None, sources: dict[str, Submitted],
+               pending_cids: dict[str, str | None]) -> tuple[str | None, str | None]:
+    """(correlation id, causation id) of an entry: its request's, or for an expiry its pending transfer's."""
+    src = sources.get(transfer_id)
+    if src is not None:
+        return src.correlation_id, src.causation_id
+    return (pending_cids.get(pending_id) if pending_id else None), None
+
+
+async def _write(conn: asyncpg.Connection, plan: domain.BatchPlan, batch: list[Submitted], stamp: datetime,
+                 pending_cids: dict[str, str | None]) -> None:
+    sources = {s.request.transfer_id: s for s in batch}
     if plan.entries:
         await conn.copy_records_to_table(
             "entries",
             records=[
                 (e.seq, e.transfer_id, e.kind, e.fingerprint, e.request_json, e.pending_id, e.reverses, e.posted_at,
-                 e.expires_at, e.prev_hash, e.hash)
+                 e.expires_at, e.prev_hash, e.hash, *_trace_ids(e.transfer_id, e.pending_id, sources, pending_cids))
                 for e in plan.entries
             ],
             columns=["seq", "transfer_id", "kind", "fingerprint", "request", "pending_id", "reverses", "posted_at",
-                     "expires_at", "prev_hash", "hash"],
+                     "expires_at", "prev_hash", "hash", "correlation_id", "causation_id"],
         )
         await conn.copy_records_to_table(
             "legs",
@@ -194,14 +208,13 @@ async def _write(conn: asyncpg.Connection, plan: domain.BatchPlan, batch: list[S
             plan.head_hash,
             stamp,
         )
-    cids = {s.request.transfer_id: s for s in batch}
     if plan.new_pendings:
         seq_of = {e.transfer_id: e.seq for e in plan.entries if e.kind == "pending"}
         await conn.copy_records_to_table(
             "pending_transfers",
             records=[
                 (p.transfer_id, seq_of[p.transfer_id], json.dumps([list(leg) for leg in p.legs]), p.expires_at,
-                 "pending", None, cids[p.transfer_id].correlation_id if p.transfer_id in cids else None)
+                 "pending", None, sources[p.transfer_id].correlation_id if p.transfer_id in sources else None)
                 for p in plan.new_pendings
             ],
             columns=["transfer_id", "entry_seq", "legs", "expires_at", "status", "resolved_seq", "correlation_id"],
@@ -218,8 +231,9 @@ async def _write(conn: asyncpg.Connection, plan: domain.BatchPlan, batch: list[S
     if plan.rejections:
         await conn.copy_records_to_table(
             "rejections",
-            records=[(r.transfer_id, r.fingerprint, r.request_json, r.reason, stamp) for r in plan.rejections],
-            columns=["transfer_id", "fingerprint", "request", "reason", "rejected_at"],
+            records=[(r.transfer_id, r.fingerprint, r.request_json, r.reason, stamp,
+                      *_trace_ids(r.transfer_id, None, sources, pending_cids)) for r in plan.rejections],
+            columns=["transfer_id", "fingerprint", "request", "reason", "rejected_at", "correlation_id", "causation_id"],
         )
     await _enqueue_events(conn, plan, batch, stamp)
 
@@ -417,18 +431,20 @@ async def statement(conn: asyncpg.Connection, account_id: str, *, from_: datetim
 async def transfer(conn: asyncpg.Connection, transfer_id: str) -> dict[str, Any] | None:
     e = await conn.fetchrow(
         "SELECT seq, transfer_id, kind, request, pending_id, reverses, posted_at, expires_at, prev_hash, hash,"
+        " correlation_id, causation_id,"
         " (SELECT x.transfer_id FROM entries x WHERE x.reverses = entries.transfer_id) AS reversed_by"
         " FROM entries WHERE transfer_id = $1",
         transfer_id,
     )
     if e is None:
-        r = await conn.fetchrow("SELECT transfer_id, request, reason, rejected_at FROM rejections WHERE transfer_id = $1",
-                                transfer_id)
+        r = await conn.fetchrow("SELECT transfer_id, request, reason, rejected_at, correlation_id, causation_id"
+                                " FROM rejections WHERE transfer_id = $1", transfer_id)
         if r is None:
             return None
         req = json.loads(r["request"])
         return {"transfer_id": r["transfer_id"], "status": "rejected", "kind": req["kind"], "reason": r["reason"],
-                "posted_at": r["rejected_at"], "cause": req["cause"], "request": req, "legs": []}
+                "posted_at": r["rejected_at"], "cause": req["cause"], "request": req, "legs": [],
+                "correlation_id": r["correlation_id"], "causation_id": r["causation_id"]}
     legs = await conn.fetch(
         "SELECT account_id, amount_pence, pending_pence, balance_after_pence FROM legs WHERE entry_seq = $1 ORDER BY account_id",
         e["seq"],
@@ -458,6 +474,8 @@ async def transfer(conn: asyncpg.Connection, transfer_id: str) -> dict[str, Any]
         "legs": [dict(r) for r in legs],
         "prev_hash": e["prev_hash"],
         "hash": e["hash"],
+        "correlation_id": e["correlation_id"],
+        "causation_id": e["causation_id"],
     }
 
 

@@ -62,7 +62,7 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
                 "payment_id": f"pay-{run}-{case}", "episode_id": f"ep-{run}-{case}", "commissioner_code": icb,
                 "provider_code": provider, "service_type": "inpatient", "activity_date": activity.isoformat(),
                 "amount_pence": 100_000,
-            })
+            }, headers={"X-Correlation-ID": f"trace-{run}-{case}"})
             assert r.status_code == 201, r.text
             assert r.json()["at_risk_pence"] == 10_000
             if answer is not None:
@@ -110,6 +110,13 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
             assert ep["status"] == "settled"
             assert ep["released_pence"] + ep["diverted_pence"] == ep["at_risk_pence"] == 10_000
             assert ep["diverted_pence"] == diverted
+
+        # The commissioner's correlation id travelled HTTP -> outbox -> Kafka headers -> ledger entry.
+        for case in CASES:
+            for transfer_id in (f"pay:pay-{run}-{case}", f"hold:pay-{run}-{case}"):
+                t = (await http.get(f"{ledger}/v1/transfers/{transfer_id}")).json()
+                assert t["correlation_id"] == f"trace-{run}-{case}", (transfer_id, t)
+                assert t["causation_id"], t  # the Kafka event that carried the request
 
         tb = (await http.get(f"{ledger}/v1/trial-balance")).json()
         assert tb["total_pence"] == 0

@@ -92,7 +92,8 @@ async def test_pending_times_out_and_voids_itself_and_a_late_post_is_refused(set
     async with ledger_http(settings) as http:
         await fund(http)
         for tid in ("t1", "t2"):
-            r = await http.post("/v1/transfers", json=body(tid, ("fund:Y56", -1_000), ("provider:RJ1", 1_000), kind="pending", timeout_s=1))
+            r = await http.post("/v1/transfers", json=body(tid, ("fund:Y56", -1_000), ("provider:RJ1", 1_000), kind="pending", timeout_s=1),
+                                headers={"X-Correlation-ID": f"trace-{tid}"})
             assert r.status_code == 201
         assert (await bal(http, "fund:Y56"))["pending_debits_pence"] == 2_000
 
@@ -106,6 +107,9 @@ async def test_pending_times_out_and_voids_itself_and_a_late_post_is_refused(set
         assert view["pending_status"] == "expired" and view["resolved_by"] == "t1~expired"
         exp = (await http.get("/v1/transfers/t1~expired")).json()
         assert exp["kind"] == "expire" and exp["status"] == "voided" and exp["cause"] == {"kind": "expiry"}
+        # The expiry entry carries the correlation id of the pending transfer it voided.
+        assert view["correlation_id"] == exp["correlation_id"] == "trace-t1"
+        assert (await http.get("/v1/transfers/t1-post")).json()["status"] == "rejected"
         assert (await bal(http, "fund:Y56"))["posted_pence"] == 5_000
         assert (await http.get("/v1/verify")).json()["ok"] is True
         await settings_relay_drain(http)

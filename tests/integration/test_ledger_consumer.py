@@ -80,6 +80,11 @@ async def test_two_phase_through_kafka_in_order_with_duplicates(settings, kafka_
         assert (held["posted_pence"], held["pending_debits_pence"]) == (10_000 - expected_fund, 0)
         verify = (await http.get("/v1/verify")).json()
         assert verify["ok"] and verify["entries_checked"] == 1 + 20 * 2
+        # Every entry keeps the correlation id its request carried and the event that delivered it.
+        for transfer_id, cid in (("seed", "c-seed"), ("res-4", "c-4"), ("void-3", "c-3"), ("post-5", "c-5")):
+            t = (await http.get(f"/v1/transfers/{transfer_id}")).json()
+            assert t["correlation_id"] == cid, t
+            assert uuid.UUID(t["causation_id"]), t
         await http._transport.app.state.runtime.relay.drain()  # type: ignore[attr-defined]
     events = await posted_events(kafka_bootstrap, expect=len(msgs))
     answers = {(e.transfer_id, e.status) for e in events}
