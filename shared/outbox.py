@@ -1,7 +1,7 @@
 """Transactional outbox: enqueue events inside the caller's transaction; a relay publishes them.
 
 The state change and the event commit together or not at all, so nothing is half-written.
-The relay publishes at least once (a crash between the broker's ack and marking the row can
+The relay publishes at least once (a crash between the broker's ack and deleting the row can
 resend); every consumer is idempotent, so a resend has no effect.
 """
 
@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
 from shared.contracts import Envelope
+
+if TYPE_CHECKING:
+    from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +62,17 @@ class OutboxRelay:
         batch_limit: int = 500,
         poll_interval_ms: int = 200,
         max_backoff_s: float = 5.0,
-        retention_hours: int = 24,
     ) -> None:
         self._pool = pool
         self._producer = producer
         self._batch_limit = batch_limit
         self._poll_s = poll_interval_ms / 1000
         self._max_backoff_s = max_backoff_s
-        self._retention_hours = retention_hours
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._stopping = False
+        self._backlog_measured_at = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -122,27 +126,36 @@ class OutboxRelay:
                         await self._producer.send(r["topic"], r["payload"], key=r["key"], headers=headers)
                     )
                 await asyncio.gather(*futures)
-                await conn.execute(
-                    "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])",
-                    [r["id"] for r in rows],
-                )
+                # Published rows are deleted, not marked: an UPDATE writes a new version of every
+                # row (payload included), a DELETE only flags the old one. The broker keeps the
+                # events; the journal of each service is its own record.
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+                per_topic: dict[str, int] = {}
                 for r in rows:
-                    OUTBOX_PUBLISHED.labels(r["topic"]).inc()
-                backlog = await conn.fetchrow(
-                    "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - min(created_at)) AS age"
-                    " FROM outbox WHERE published_at IS NULL"
-                )
-                OUTBOX_BACKLOG.set(max(0, backlog["n"] - len(rows)))
-                OUTBOX_OLDEST_AGE.set(float(backlog["age"] or 0))
+                    per_topic[r["topic"]] = per_topic.get(r["topic"], 0) + 1
+                for topic, n in per_topic.items():
+                    OUTBOX_PUBLISHED.labels(topic).inc(n)
+                await self._measure_backlog(conn, full=len(rows) >= self._batch_limit)
                 return len(rows)
 
-    async def purge_published(self) -> int:
-        async with self._pool.acquire() as conn:
-            status = await conn.execute(
-                "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1)",
-                self._retention_hours,
-            )
-        return int(status.split()[-1])
+    async def _measure_backlog(self, conn: asyncpg.Connection, *, full: bool) -> None:
+        """Backlog gauges. A pass that did not fill its batch left nothing behind (as of its
+        snapshot), so only full passes count, and at most once a second: counting a large backlog
+        on every pass would cost more than publishing it."""
+        now = time.monotonic()
+        if not full:
+            OUTBOX_BACKLOG.set(0)
+            OUTBOX_OLDEST_AGE.set(0)
+            return
+        if now - self._backlog_measured_at < 1.0:
+            return
+        self._backlog_measured_at = now
+        backlog = await conn.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM clock_timestamp() - min(created_at)) AS age"
+            " FROM outbox WHERE published_at IS NULL"
+        )
+        OUTBOX_BACKLOG.set(backlog["n"])  # this pass's rows are already deleted in its snapshot
+        OUTBOX_OLDEST_AGE.set(float(backlog["age"] or 0))
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Publish until the outbox is empty (used at shutdown and in tests)."""
@@ -154,15 +167,11 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff_s = 0.05
-        passes = 0
         while not self._stopping:
             try:
                 await self._listen()
                 published = await self.publish_once()
                 backoff_s = 0.05
-                passes += 1
-                if passes % 1000 == 0:
-                    await self.purge_published()
                 if published >= self._batch_limit:
                     continue  # more waiting: go again at once
                 self._wake.clear()
@@ -178,3 +187,44 @@ class OutboxRelay:
                 await self._unlisten()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
+
+
+async def run_relay(settings: "ServiceSettings", stop: asyncio.Event | None = None) -> None:
+    """Run one service's outbox relay as its own process (``OUTBOX_RELAY=external``).
+
+    Any number may run: rows are claimed with FOR UPDATE SKIP LOCKED. Serves /metrics on
+    ``outbox_relay_metrics_port`` when it is not 0. Stops on SIGTERM/SIGINT (or ``stop``), after a drain.
+    """
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from shared import db
+    from shared.kafka import make_producer
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    if settings.outbox_relay_metrics_port:
+        start_http_server(settings.outbox_relay_metrics_port, addr=settings.http_host)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    producer = make_producer(settings, client_id=f"{settings.service_name}-outbox")
+    await producer.start()
+    relay = OutboxRelay(pool, producer, batch_limit=settings.outbox_batch_limit,
+                        poll_interval_ms=settings.outbox_poll_interval_ms)
+    await relay.start()
+    log.info("%s outbox relay started", settings.service_name)
+    try:
+        await stop.wait()
+    finally:
+        try:
+            await asyncio.wait_for(relay.drain(), timeout=5)
+        except Exception as exc:  # broker or database down at shutdown: the rows stay for next time
+            log.warning("outbox not drained at shutdown (%s)", exc)
+        await relay.stop()
+        await producer.stop()
+        await pool.close()

@@ -135,14 +135,15 @@ class Runtime:
         if self.settings.kafka_create_topics:
             await ensure_topics(self.settings)
         self.producer = make_producer(self.settings, client_id=f"{self.settings.service_name}-outbox")
-        await self.producer.start()
-        self.relay = OutboxRelay(
-            self.pool,
-            self.producer,
-            batch_limit=self.settings.outbox_batch_limit,
-            poll_interval_ms=self.settings.outbox_poll_interval_ms,
-        )
-        await self.relay.start()
+        await self.producer.start()  # also sends dead letters, so it runs whatever the relay mode
+        if self.settings.outbox_relay == "inline":
+            self.relay = OutboxRelay(
+                self.pool,
+                self.producer,
+                batch_limit=self.settings.outbox_batch_limit,
+                poll_interval_ms=self.settings.outbox_poll_interval_ms,
+            )
+            await self.relay.start()
         for fn in self._on_start:
             await fn()
         await self.broker.start()

@@ -7,6 +7,8 @@ environment can point all services at one Kafka while each keeps its own databas
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +37,11 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, le=5)
     outbox_batch_limit: int = Field(default=500, ge=1, le=10_000)
     outbox_poll_interval_ms: int = Field(default=200, ge=5, le=60_000)
+    # "inline": the service process runs its own outbox relay (simplest; the default).
+    # "external": it does not; `python -m services.<name> relay` runs it as its own process
+    # (a sidecar), which takes the relay's CPU off the consumer's event loop.
+    outbox_relay: Literal["inline", "external"] = "inline"
+    outbox_relay_metrics_port: int = Field(default=0, ge=0, le=65535)  # the external relay's /metrics; 0 = none
     consumer_max_attempts: int = Field(default=5, ge=1, le=100)
     log_level: str = "INFO"
     # Bearer-token auth (shared/auth.py). The HS256 secret default is for development only;

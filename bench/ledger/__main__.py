@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -88,7 +90,24 @@ class Throughput:
     verified: str
 
 
-async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool) -> Throughput:
+def start_external_relay(dsn: str, bootstrap: str) -> subprocess.Popen:
+    """`python -m services.ledger relay` as its own process, as a deployment with OUTBOX_RELAY=external runs it."""
+    env = {**os.environ, "LEDGER_DATABASE_URL": dsn, "LEDGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LEDGER_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "services.ledger", "relay"], env=env)
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool,
+                     relay: str) -> Throughput:
     from services.ledger import consumer
     from services.ledger.app import create_app, tune_process
     from services.ledger.settings import LedgerSettings
@@ -99,7 +118,8 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
     bootstrap, broker = await fresh_kafka(infra)
     try:
         settings = LedgerSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap, consumer_group=f"bench-{uuid.uuid4().hex[:6]}",
-                                  batch_max_records=batch_max, batch_timeout_ms=20, http_port=0, log_level="WARNING")
+                                  batch_max_records=batch_max, batch_timeout_ms=20, http_port=0, log_level="WARNING",
+                                  outbox_relay=relay)
         await ensure_topics(settings)
         rate_in = await produce(bootstrap, workload, db_name, n)
         out(f"  {workload}: produced {n:,} transfer requests to {LEDGER_TRANSFER_REQUESTS.name} ({rate_in:,.0f}/s, not measured)")
@@ -107,8 +127,11 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
         tune_process(settings)  # as `python -m services.ledger` does
         conn = await asyncpg.connect(dsn)
         samples: list[tuple[float, int]] = []
+        relay_proc = None
         try:
             async with app.router.lifespan_context(app):
+                if relay == "external":  # after the app's start-up has migrated the outbox table
+                    relay_proc = start_external_relay(dsn, bootstrap)
                 deadline = time.perf_counter() + window_s + 120
                 t_warm = seq_warm = None
                 while time.perf_counter() < deadline:
@@ -136,6 +159,7 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
             count = next(s.value for s in bsz if s.name.endswith("_count"))
             total = next(s.value for s in bsz if s.name.endswith("_sum"))
         finally:
+            stop_process(relay_proc)
             await conn.close()
         return Throughput(workload, rate, t_end - t_warm, seq_end, n, total / max(count, 1), backlog, verified)
     finally:
@@ -329,7 +353,7 @@ async def main(args: argparse.Namespace) -> int:
         out(f"copy baseline: {copy_rows:,} entry rows into a keyed table, {copy_rate:,.0f} rows/s")
         results = {}
         for workload in ("uniform", "hot"):
-            r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick)
+            r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick, relay=args.relay)
             results[workload] = r
             drained = " (all consumed before the window ended)" if r.posted >= r.produced else ""
             out(f"{workload}: {r.transfers_per_s:,.0f} transfers/s over {r.window_s:.1f} s{drained}; {r.posted:,} posted;"
@@ -354,6 +378,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transfers", type=int, help="transfer requests to pre-produce per workload")
     p.add_argument("--expect-rate", type=float, default=10_000, help="sizes the pre-produced backlog (default 10,000/s)")
     p.add_argument("--batch", type=int, default=2_000, help="consumer batch size (LEDGER_BATCH_MAX_RECORDS)")
+    p.add_argument("--relay", choices=["inline", "external"], default="external",
+                   help="outbox relay in the ledger process or as its own process (LEDGER_OUTBOX_RELAY; default external)")
     p.add_argument("--journal-rows", type=int, help="journal rows for the latency fixture (default 10,000,000, quick 200,000)")
     return p.parse_args(argv)
 

@@ -1,20 +1,30 @@
-"""`python -m services.feedback` serves the feedback service."""
+"""`python -m services.feedback [serve|relay]`: serve the feedback service, or run its outbox relay as its own process."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
 
 from services.feedback.settings import FeedbackSettings
 from shared.logging import configure_logging
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.feedback")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "relay"])
+    args = parser.parse_args(argv)
+    settings = FeedbackSettings()
+    configure_logging("feedback", settings.log_level)
+    if args.command == "relay":
+        from shared.outbox import run_relay
+
+        asyncio.run(run_relay(settings))
+        return 0
     import uvicorn
 
     from services.feedback.app import create_app
 
-    settings = FeedbackSettings()
-    configure_logging("feedback", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
     return 0
 

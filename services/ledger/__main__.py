@@ -1,4 +1,4 @@
-"""`python -m services.ledger [serve|verify]`."""
+"""`python -m services.ledger [serve|verify|relay]` (relay: the outbox relay as its own process)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from shared.logging import configure_logging
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.ledger")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "verify"])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "verify", "relay"])
     args = parser.parse_args(argv)
     settings = LedgerSettings()
     configure_logging("ledger", settings.log_level)
     if args.command == "verify":
         return asyncio.run(_verify(settings))
+    if args.command == "relay":
+        from shared.outbox import run_relay
+
+        asyncio.run(run_relay(settings))
+        return 0
     import uvicorn
 
     from services.ledger.app import create_app, tune_process

@@ -1,20 +1,30 @@
-"""`python -m services.payments` serves the payments service."""
+"""`python -m services.payments [serve|relay]`: serve the payments service, or run its outbox relay as its own process."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
 
 from services.payments.settings import PaymentsSettings
 from shared.logging import configure_logging
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.payments")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "relay"])
+    args = parser.parse_args(argv)
+    settings = PaymentsSettings()
+    configure_logging("payments", settings.log_level)
+    if args.command == "relay":
+        from shared.outbox import run_relay
+
+        asyncio.run(run_relay(settings))
+        return 0
     import uvicorn
 
     from services.payments.app import create_app
 
-    settings = PaymentsSettings()
-    configure_logging("payments", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
     return 0
 
