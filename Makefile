@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-feedback whatif docs test-faults clean help
+.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-e2e bench-feedback whatif docs test-faults clean help
 
 help:
 	@echo "make demo   - install, start Kafka + PostgreSQL + 3 services, run a scripted month, print balances, stop"
@@ -45,6 +45,10 @@ test-e2e: install
 
 bench-ledger: install
 	$(BIN)/python -m bench.ledger
+
+# One England day through the running system; `make bench-e2e ARGS=--quick` for the CI smoke run.
+bench-e2e: install
+	$(BIN)/python -m bench.e2e $(ARGS)
 
 bench-feedback: install
 	$(BIN)/python -m bench.feedback
