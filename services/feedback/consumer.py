@@ -4,7 +4,30 @@ Privacy: the intake topic carries what backends send, NHS numbers and free text 
 is identifiable data (short retention, ACLs limited to the backends and this service; see
 services/feedback/README.md). Nothing identifiable leaves this consumer: the stored row and the
 ``feedback.received.v1`` event carry the pseudonym, and a dead letter has its free text blanked and every
-10-digit run in its value, key, headers and reason redacted before it is published.
+10-digit run in its value, key, headers and reason redacted before it is published. Logs name
+records by topic, partition and offset and errors by type (and SQLSTATE), never by content.
+
+The intake reads batches (``FEEDBACK_INTAKE_BATCH_MAX_RECORDS``, ``FEEDBACK_INTAKE_BATCH_TIMEOUT_MS``)
+and stores each batch in ONE database transaction, with the same outcome per record as handling
+the records one at a time in offset order (``store.accept_batch``: later records see earlier ones,
+``received_at`` is taken per row). The ``feedback.received.v1`` events go into the outbox in that
+transaction. Offsets are committed only after it commits (``AckPolicy.NACK_ON_ERROR``: raising
+makes the whole batch come again; a redelivered batch finds its submissions stored, as
+duplicates, and changes nothing).
+
+Error policy, per record, as ``Runtime.handle_one`` (shared/service.py) on the per-record path:
+- a record that does not validate (``invalid``), or whose submission id was used before with
+  other content (``rejected``), goes to ``feedback.submitted.dlq.v1`` with the reason, redacted,
+  after the batch's transaction has committed, and does not hold the other records back; the
+  store decides a conflict before it writes anything for that record, so there is nothing to undo;
+- a database or broker outage (``TRANSIENT_ERRORS``) backs off and raises: the batch is delivered
+  again, as long as it takes, and nothing is dead-lettered for it;
+- another transaction (an HTTP request) storing one of the batch's submission ids meanwhile
+  (``store.Raced``) rolls the batch back and runs it again (then the id is a duplicate or a
+  conflict), up to ``RACE_RETRIES`` times, then as below;
+- anything else rolls the batch back and the batch is handled again one record per transaction
+  through ``Runtime.handle_one``, so the failing record is retried ``consumer_max_attempts`` times
+  and then dead-lettered while the others go through.
 """
 
 from __future__ import annotations
@@ -13,14 +36,37 @@ import logging
 from typing import Any
 
 from faststream.kafka import KafkaMessage
+from prometheus_client import Histogram
+from pydantic import ValidationError
 
 from services.feedback import domain, store
-from shared.consumer import DEAD_LETTERS, BadEvent, dead_letter_headers
+from shared.consumer import (
+    CONSUMER_RETRIES,
+    DEAD_LETTERS,
+    TRANSIENT_ERRORS,
+    BadEvent,
+    backoff,
+    dead_letter_headers,
+    raw_headers,
+    validation_reason,
+)
 from shared.contracts import Envelope
-from shared.service import CONSUMER_DEFAULTS, Runtime
+from shared.logging import correlation_id_var
+from shared.service import CONSUMER_DEFAULTS, EVENTS_HANDLED, Runtime
 from shared.topics import FEEDBACK_SUBMITTED, FEEDBACK_SUBMITTED_DLQ
 
 log = logging.getLogger(__name__)
+
+# Parametrised once: the generic lookup costs on every message otherwise.
+_SUBMITTED = Envelope[domain.Submission]  # type: ignore[type-var]
+
+BATCH_SIZE = Histogram("feedback_intake_batch_size", "Records per feedback intake batch",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram("feedback_intake_batch_seconds", "Time to store one intake batch (one transaction)",
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
+Dead = tuple[int, Any, str, str]  # (position in the batch, record, reason, kind)
 
 
 class FeedbackRuntime(Runtime):
@@ -37,22 +83,134 @@ class FeedbackRuntime(Runtime):
         log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
 
 
-def register(runtime: Runtime, settings: Any) -> None:
-    rt = runtime
-    keys = settings.keyring()
+def _describe(exc: BaseException) -> str:
+    """An error for the logs without its message, which may quote stored or submitted values."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} (SQLSTATE {state})" if state else type(exc).__name__
 
-    @rt.broker.subscriber(FEEDBACK_SUBMITTED.name, group_id=settings.consumer_group, **CONSUMER_DEFAULTS)
-    async def on_submitted(body: bytes, msg: KafkaMessage) -> None:
-        async def process(value: bytes) -> None:
-            env = Envelope[domain.Submission].model_validate_json(value)  # type: ignore[type-var]
+
+class Intake:
+    """feedback.submitted.v1: batches, and the per-record path they fall back to."""
+
+    def __init__(self, runtime: Runtime, settings: Any) -> None:
+        self.rt = runtime
+        self.keys = settings.keyring()
+
+    # -- one record, one transaction (the fallback, and what a batch must be equivalent to) ----
+    async def process(self, value: bytes) -> None:
+        env = _SUBMITTED.model_validate_json(value)
+        try:
+            async with self.rt.pool.acquire() as conn:
+                async with conn.transaction():
+                    await store.accept(
+                        conn, env.data, keys=self.keys, channel="kafka",
+                        correlation_id=env.correlation_id, causation_id=str(env.event_id),
+                    )
+        except store.Conflict as exc:
+            raise BadEvent(str(exc)) from exc
+
+    async def handle_one_by_one(self, records: list[Any]) -> None:
+        for raw in records:
+            await self.rt.handle_one(raw, FEEDBACK_SUBMITTED_DLQ.name, self.process)
+
+    # -- a batch, one transaction -------------------------------------------------------------
+    async def handle_batch(self, records: list[Any]) -> None:
+        if not records:
+            return
+        rt = self.rt
+        BATCH_SIZE.observe(len(records))
+        parsed: list[tuple[int, Any]] = []
+        items: list[store.Incoming] = []
+        dead: list[Dead] = []
+        for i, raw in enumerate(records):
             try:
-                async with rt.pool.acquire() as conn:
-                    async with conn.transaction():
-                        await store.accept(
-                            conn, env.data, keys=keys, channel="kafka",
-                            correlation_id=env.correlation_id, causation_id=str(env.event_id),
-                        )
-            except store.Conflict as exc:
-                raise BadEvent(str(exc)) from exc
+                env = _SUBMITTED.model_validate_json(raw.value)
+            except ValidationError as exc:
+                dead.append((i, raw, validation_reason(exc), "invalid"))
+                continue
+            parsed.append((i, raw))
+            items.append(store.Incoming(env.data, env.correlation_id, str(env.event_id)))
+        outcomes: list[store.Accepted | store.Conflict] | None = None
+        try:
+            for _ in range(RACE_RETRIES):
+                try:
+                    with BATCH_SECONDS.time():
+                        async with rt.pool.acquire() as conn:
+                            async with conn.transaction():
+                                outcomes = await store.accept_batch(conn, items, keys=self.keys, channel="kafka")
+                    break
+                except store.Raced as exc:  # rolled back; the next pass sees the other writer's rows as stored
+                    log.info("intake batch met a concurrent insert (%s); running it again", exc)
+            else:
+                log.warning("intake batch kept meeting concurrent inserts; handling it one record at a time")
+        except TRANSIENT_ERRORS as exc:
+            await _transient(rt, records, exc)
+            raise
+        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
+            first = records[0]
+            log.warning("intake batch of %d from %s[%d]@%d failed (%s); handling it one record at a time",
+                        len(records), first.topic, first.partition, first.offset, _describe(exc))
+            await self.handle_one_by_one(records)
+            return
+        if outcomes is None:  # rolled back: nothing of the batch was written
+            await self.handle_one_by_one(records)
+            return
+        # Committed.
+        handled = 0
+        for (i, raw), outcome in zip(parsed, outcomes):
+            if isinstance(outcome, store.Conflict):
+                dead.append((i, raw, str(outcome), "rejected"))
+            else:
+                handled += 1
+        await _finish(rt, records, handled, dead)
 
-        await rt.handle_one(msg.raw_message, FEEDBACK_SUBMITTED_DLQ.name, process)
+
+async def _transient(rt: Runtime, records: list[Any], exc: BaseException) -> None:
+    """Database or broker briefly down: back off; the caller raises so the batch comes again."""
+    first = records[0]
+    attempt = rt.attempts.bump(first)
+    CONSUMER_RETRIES.labels(first.topic, "transient").inc()
+    log.warning("transient failure on a batch of %d from %s[%d]@%d (%s), retrying", len(records), first.topic,
+                first.partition, first.offset, _describe(exc))
+    await backoff(attempt)
+
+
+async def _finish(rt: Runtime, records: list[Any], handled: int, dead: list[Dead]) -> None:
+    """After the commit: dead letters (in offset order, each logged with its correlation id) and counters.
+
+    If the broker fails here the batch comes again: its submissions are duplicates by then, so
+    only the dead letters are sent again (at least once, as on the per-record path)."""
+    try:
+        for _, raw, reason, kind in sorted(dead, key=lambda d: d[0]):
+            token = correlation_id_var.set(raw_headers(raw).get("correlation_id"))
+            try:
+                await rt.dead_letter(raw, FEEDBACK_SUBMITTED_DLQ.name, reason, kind)
+            finally:
+                correlation_id_var.reset(token)
+    except TRANSIENT_ERRORS as exc:
+        await _transient(rt, records, exc)
+        raise
+    for raw in records:
+        rt.attempts.forget(raw)
+    if handled:
+        EVENTS_HANDLED.labels(FEEDBACK_SUBMITTED.name).inc(handled)
+
+
+def register(runtime: Runtime, settings: Any) -> Intake:
+    intake = Intake(runtime, settings)
+
+    @runtime.broker.subscriber(
+        FEEDBACK_SUBMITTED.name,
+        group_id=settings.consumer_group,
+        batch=True,
+        max_records=settings.intake_batch_max_records,
+        batch_timeout_ms=settings.intake_batch_timeout_ms,
+        **CONSUMER_DEFAULTS,
+    )
+    async def on_submitted(bodies: list[bytes], msg: KafkaMessage) -> None:
+        # FastStream hands a batch over as one message whose raw_message is the tuple of records,
+        # grouped by partition and in offset order within each.
+        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        await intake.handle_batch(list(records))
+
+    return intake

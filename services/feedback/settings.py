@@ -29,6 +29,9 @@ class FeedbackSettings(ServiceSettings):
     pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key-change-me")
     pseudonym_key_id: str = Field(default="dev-1", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     batch_max_items: int = Field(default=500, ge=1, le=5000)
+    # Kafka intake: records per batch (one database transaction) and how long to wait to fill one.
+    intake_batch_max_records: int = Field(default=500, ge=1, le=5000)
+    intake_batch_timeout_ms: int = Field(default=20, ge=1, le=10_000)
     # Keys retired by a rotation, by key id: still used to recognise a patient's earlier answers
     # (first decision, PROM pairing) and earlier submissions' content. JSON object in the
     # environment, e.g. FEEDBACK_PSEUDONYM_PREVIOUS_KEYS='{"2025-1": "…"}'. See services/feedback/README.md.
