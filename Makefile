@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-e2e bench-feedback whatif docs test-faults clean help
+.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-e2e bench-feedback bench-payments whatif docs test-faults clean help
 
 help:
 	@echo "make demo   - install, start Kafka + PostgreSQL + 3 services, run a scripted month, print balances, stop"
@@ -52,6 +52,9 @@ bench-e2e: install
 
 bench-feedback: install
 	$(BIN)/python -m bench.feedback
+
+bench-payments: install
+	$(BIN)/python -m bench.payments $(ARGS)
 
 test-faults: install
 	$(call run_pytest,tests/faults -s -p no:logging)

@@ -24,6 +24,10 @@ from pydantic import ValidationError
 
 log = logging.getLogger(__name__)
 
+# A record a batch consumer will dead-letter once its batch commits:
+# (position in the batch, the aiokafka record, reason, kind: invalid | rejected | failed).
+DeadRecord = tuple[int, Any, str, str]
+
 DEAD_LETTERS = Counter("dead_letters_total", "Events sent to a dead-letter topic", ["source_topic", "kind"])
 CONSUMER_RETRIES = Counter("consumer_retries_total", "Handler attempts that will be retried", ["topic", "kind"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ from shared.consumer import (
     TRANSIENT_ERRORS,
     AttemptTracker,
     BadEvent,
+    DeadRecord,
     backoff,
     dead_letter_headers,
     raw_headers,
@@ -47,6 +48,18 @@ LAG_INTERVAL_S = 5.0
 async def raw_decoder(msg: Any, original: Any = None) -> bytes:
     """Hand handlers the raw bytes: parsing and validation are ours, so bad input is dead-lettered."""
     return msg.body
+
+
+def batch_records(msg: Any) -> list[Any]:
+    """The aiokafka records of a FastStream batch message (grouped by partition, offset order in each)."""
+    raw = msg.raw_message
+    return list(raw) if isinstance(raw, tuple) else [raw]
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for the logs without its message, which may quote submitted values (NHS numbers)."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} (SQLSTATE {state})" if state else type(exc).__name__
 
 
 def make_broker(settings: ServiceSettings) -> KafkaBroker:
@@ -213,6 +226,40 @@ class Runtime:
         )
         DEAD_LETTERS.labels(raw.topic, kind).inc()
         log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
+
+    # -- batch consumers (one transaction per batch; see services/*/consumer.py) ---------------
+    async def batch_failed_transiently(self, records: Sequence[Any], exc: BaseException) -> None:
+        """Database or broker briefly down during a batch: count, log, back off. The caller then
+        raises, so the whole batch is delivered again; nothing is dead-lettered for an outage."""
+        first = records[0]
+        attempt = self.attempts.bump(first)
+        CONSUMER_RETRIES.labels(first.topic, "transient").inc()
+        log.warning("transient failure on a batch of %d from %s[%d]@%d (%s), retrying", len(records), first.topic,
+                    first.partition, first.offset, describe_error(exc))
+        await backoff(attempt)
+
+    async def finish_batch(self, records: Sequence[Any], handled: Mapping[str, int], dead: Sequence[DeadRecord],
+                           dlq_of: Mapping[str, str]) -> None:
+        """After a batch's transaction committed: its dead letters (offset order, each logged with
+        its correlation id), then the counters.
+
+        If the broker fails here the batch comes again: its writes are duplicates by then, so only
+        the dead letters are sent again (at least once, as on the per-record path)."""
+        try:
+            for _, raw, reason, kind in sorted(dead, key=lambda d: d[0]):
+                token = correlation_id_var.set(raw_headers(raw).get("correlation_id"))
+                try:
+                    await self.dead_letter(raw, dlq_of[raw.topic], reason, kind)
+                finally:
+                    correlation_id_var.reset(token)
+        except TRANSIENT_ERRORS as exc:
+            await self.batch_failed_transiently(records, exc)
+            raise
+        for raw in records:
+            self.attempts.forget(raw)
+        for topic, n in handled.items():
+            if n:
+                EVENTS_HANDLED.labels(topic).inc(n)
 
     async def handle_one(self, raw: Any, dlq_topic: str, process: Callable[[bytes], Awaitable[None]]) -> None:
         """Run ``process`` on one record under the dead-letter and retry policy (see shared/consumer.py)."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -21,6 +19,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench.relay import start_external_relay, stop_process
 from shared.db import ensure_database, migrate
 from shared.devstack import fresh_kafka, start_infra
 from shared.topics import LEDGER_TRANSFER_REQUESTS
@@ -90,22 +89,6 @@ class Throughput:
     verified: str
 
 
-def start_external_relay(dsn: str, bootstrap: str) -> subprocess.Popen:
-    """`python -m services.ledger relay` as its own process, as a deployment with OUTBOX_RELAY=external runs it."""
-    env = {**os.environ, "LEDGER_DATABASE_URL": dsn, "LEDGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LEDGER_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "services.ledger", "relay"], env=env)
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool,
                      relay: str) -> Throughput:
     from services.ledger import consumer
@@ -131,7 +114,7 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
         try:
             async with app.router.lifespan_context(app):
                 if relay == "external":  # after the app's start-up has migrated the outbox table
-                    relay_proc = start_external_relay(dsn, bootstrap)
+                    relay_proc = start_external_relay("ledger", dsn, bootstrap)
                 deadline = time.perf_counter() + window_s + 120
                 t_warm = seq_warm = None
                 while time.perf_counter() < deadline:

@@ -41,18 +41,15 @@ from pydantic import ValidationError
 
 from services.feedback import domain, store
 from shared.consumer import (
-    CONSUMER_RETRIES,
     DEAD_LETTERS,
     TRANSIENT_ERRORS,
     BadEvent,
-    backoff,
+    DeadRecord,
     dead_letter_headers,
-    raw_headers,
     validation_reason,
 )
 from shared.contracts import Envelope
-from shared.logging import correlation_id_var
-from shared.service import CONSUMER_DEFAULTS, EVENTS_HANDLED, Runtime
+from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records, describe_error
 from shared.topics import FEEDBACK_SUBMITTED, FEEDBACK_SUBMITTED_DLQ
 
 log = logging.getLogger(__name__)
@@ -66,7 +63,7 @@ BATCH_SECONDS = Histogram("feedback_intake_batch_seconds", "Time to store one in
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
-Dead = tuple[int, Any, str, str]  # (position in the batch, record, reason, kind)
+DLQ = {FEEDBACK_SUBMITTED.name: FEEDBACK_SUBMITTED_DLQ.name}
 
 
 class FeedbackRuntime(Runtime):
@@ -81,12 +78,6 @@ class FeedbackRuntime(Runtime):
         )
         DEAD_LETTERS.labels(raw.topic, kind).inc()
         log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
-
-
-def _describe(exc: BaseException) -> str:
-    """An error for the logs without its message, which may quote stored or submitted values."""
-    state = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__} (SQLSTATE {state})" if state else type(exc).__name__
 
 
 class Intake:
@@ -121,7 +112,7 @@ class Intake:
         BATCH_SIZE.observe(len(records))
         parsed: list[tuple[int, Any]] = []
         items: list[store.Incoming] = []
-        dead: list[Dead] = []
+        dead: list[DeadRecord] = []
         for i, raw in enumerate(records):
             try:
                 env = _SUBMITTED.model_validate_json(raw.value)
@@ -144,12 +135,12 @@ class Intake:
             else:
                 log.warning("intake batch kept meeting concurrent inserts; handling it one record at a time")
         except TRANSIENT_ERRORS as exc:
-            await _transient(rt, records, exc)
+            await rt.batch_failed_transiently(records, exc)
             raise
         except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
             first = records[0]
             log.warning("intake batch of %d from %s[%d]@%d failed (%s); handling it one record at a time",
-                        len(records), first.topic, first.partition, first.offset, _describe(exc))
+                        len(records), first.topic, first.partition, first.offset, describe_error(exc))
             await self.handle_one_by_one(records)
             return
         if outcomes is None:  # rolled back: nothing of the batch was written
@@ -162,38 +153,7 @@ class Intake:
                 dead.append((i, raw, str(outcome), "rejected"))
             else:
                 handled += 1
-        await _finish(rt, records, handled, dead)
-
-
-async def _transient(rt: Runtime, records: list[Any], exc: BaseException) -> None:
-    """Database or broker briefly down: back off; the caller raises so the batch comes again."""
-    first = records[0]
-    attempt = rt.attempts.bump(first)
-    CONSUMER_RETRIES.labels(first.topic, "transient").inc()
-    log.warning("transient failure on a batch of %d from %s[%d]@%d (%s), retrying", len(records), first.topic,
-                first.partition, first.offset, _describe(exc))
-    await backoff(attempt)
-
-
-async def _finish(rt: Runtime, records: list[Any], handled: int, dead: list[Dead]) -> None:
-    """After the commit: dead letters (in offset order, each logged with its correlation id) and counters.
-
-    If the broker fails here the batch comes again: its submissions are duplicates by then, so
-    only the dead letters are sent again (at least once, as on the per-record path)."""
-    try:
-        for _, raw, reason, kind in sorted(dead, key=lambda d: d[0]):
-            token = correlation_id_var.set(raw_headers(raw).get("correlation_id"))
-            try:
-                await rt.dead_letter(raw, FEEDBACK_SUBMITTED_DLQ.name, reason, kind)
-            finally:
-                correlation_id_var.reset(token)
-    except TRANSIENT_ERRORS as exc:
-        await _transient(rt, records, exc)
-        raise
-    for raw in records:
-        rt.attempts.forget(raw)
-    if handled:
-        EVENTS_HANDLED.labels(FEEDBACK_SUBMITTED.name).inc(handled)
+        await rt.finish_batch(records, {FEEDBACK_SUBMITTED.name: handled}, dead, DLQ)
 
 
 def register(runtime: Runtime, settings: Any) -> Intake:
@@ -208,9 +168,6 @@ def register(runtime: Runtime, settings: Any) -> Intake:
         **CONSUMER_DEFAULTS,
     )
     async def on_submitted(bodies: list[bytes], msg: KafkaMessage) -> None:
-        # FastStream hands a batch over as one message whose raw_message is the tuple of records,
-        # grouped by partition and in offset order within each.
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        await intake.handle_batch(list(records))
+        await intake.handle_batch(batch_records(msg))
 
     return intake

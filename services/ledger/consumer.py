@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from services.ledger import store
 from shared.consumer import TRANSIENT_ERRORS, backoff, raw_headers, validation_reason
 from shared.contracts import Envelope, TransferRequested
-from shared.service import CONSUMER_DEFAULTS, Runtime
+from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records
 from shared.topics import LEDGER_TRANSFER_REQUESTS, LEDGER_TRANSFER_REQUESTS_DLQ
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def register(runtime: Runtime, settings: Any) -> None:
         **CONSUMER_DEFAULTS,
     )
     async def on_transfer_requests(bodies: list[bytes], msg: KafkaMessage) -> None:
-        records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        await handle_batch(runtime, list(records))
+        await handle_batch(runtime, batch_records(msg))
 
     task: dict[str, asyncio.Task] = {}
 

@@ -3,19 +3,46 @@
 Payment requests and feedback are keyed by episode id on co-partitioned topics and read by ONE
 consumer subscribed to both, in one group with the range assignor: partition N of both topics
 goes to the same instance, so one instance sees both halves of an episode.
+
+Both subscribers read batches (``PAYMENTS_BATCH_MAX_RECORDS``, ``PAYMENTS_BATCH_TIMEOUT_MS``) and
+apply each batch in ONE database transaction, with the same outcome per record as handling the
+records one at a time in offset order (``store.accept_payments``, ``store.record_answers``,
+``store.record_ledger_answers``). Offsets are committed only after that transaction commits
+(``AckPolicy.NACK_ON_ERROR``: raising makes the whole batch come again; a redelivered batch finds
+its payments and answers already stored and changes nothing).
+
+Error policy, per record, as ``Runtime.handle_one`` (shared/consumer.py):
+- a record that does not validate, or that the store rejects (unknown code, same id with other
+  content), goes to its topic's dead-letter topic with the reason, after the batch's transaction
+  has committed, and does not hold the other records back; the store decides those rejections
+  before it writes anything, so there is nothing to undo;
+- a database or broker outage (``TRANSIENT_ERRORS``) backs off and raises: the batch is delivered
+  again, as long as it takes, and nothing is dead-lettered for it;
+- anything else rolls the batch back and the batch is handled again one record per transaction
+  through ``Runtime.handle_one`` (the per-event path), so the failing record is retried
+  ``consumer_max_attempts`` times and then dead-lettered while the others go through.
+Arrival order between the two topics does not matter to the store: accepting a payment never
+reads answers and recording an answer never reads episodes (decisions are derived from the
+answers table when they are shown or settled), so an answer may come before its payment, in
+another batch or in the same one.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream.kafka import KafkaMessage
+from prometheus_client import Histogram
+from pydantic import ValidationError
 
 from services.payments import metrics, store
-from shared.consumer import BadEvent
-from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, parse_envelope
-from shared.service import CONSUMER_DEFAULTS
+from shared.consumer import TRANSIENT_ERRORS, BadEvent, DeadRecord, validation_reason
+from shared.contracts import Envelope, FeedbackReceived, PaymentRequested, TransferPosted
+from shared.service import CONSUMER_DEFAULTS, batch_records, describe_error
 from shared.topics import (
     FEEDBACK_RECEIVED,
     FEEDBACK_RECEIVED_DLQ,
@@ -25,12 +52,40 @@ from shared.topics import (
     PAYMENTS_REQUESTED_DLQ,
 )
 
+log = logging.getLogger(__name__)
 
-def register(runtime: Any, settings: Any) -> None:
-    rt = runtime
+# Parametrised once: the generic lookup costs on every message otherwise.
+_PAYMENT = Envelope[PaymentRequested]
+_FEEDBACK = Envelope[FeedbackReceived]
+_POSTED = Envelope[TransferPosted]
+DLQ = {
+    PAYMENTS_REQUESTED.name: PAYMENTS_REQUESTED_DLQ.name,
+    FEEDBACK_RECEIVED.name: FEEDBACK_RECEIVED_DLQ.name,
+    LEDGER_POSTED.name: LEDGER_POSTED_DLQ.name,
+}
+RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
 
-    async def on_payment_requested(value: bytes) -> None:
-        env = parse_envelope(value, PaymentRequested)
+BATCH_SIZE = Histogram("payments_consumer_batch_size", "Records per payments consumer batch", ["subscriber"],
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram("payments_consumer_batch_seconds", "Time to apply one consumer batch (one transaction)",
+                          ["subscriber"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+
+class EpisodeEvents:
+    """payments.requested.v1 + feedback.received.v1: batches, and the per-event path."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+        self.routes: dict[str, Callable[[bytes], Awaitable[None]]] = {
+            PAYMENTS_REQUESTED.name: self.on_payment_requested,
+            FEEDBACK_RECEIVED.name: self.on_feedback_received,
+        }
+
+    # -- one event, one transaction (the fallback, and what a batch must be equivalent to) -----
+    async def on_payment_requested(self, value: bytes) -> None:
+        rt = self.rt
+        env = _PAYMENT.model_validate_json(value)
         try:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
@@ -42,33 +97,135 @@ def register(runtime: Any, settings: Any) -> None:
         # Committed; a redelivery comes back "duplicate" and is not counted again.
         metrics.payment_accepted(accepted, env.data.amount_pence, rt.reference.region_of_provider(env.data.provider_code))
 
-    async def on_feedback_received(value: bytes) -> None:
-        env = parse_envelope(value, FeedbackReceived)
-        async with rt.pool.acquire() as conn:
+    async def on_feedback_received(self, value: bytes) -> None:
+        env = _FEEDBACK.model_validate_json(value)
+        async with self.rt.pool.acquire() as conn:
             await store.record_answer(conn, env.data)
 
-    routes = {
-        PAYMENTS_REQUESTED.name: (PAYMENTS_REQUESTED_DLQ.name, on_payment_requested),
-        FEEDBACK_RECEIVED.name: (FEEDBACK_RECEIVED_DLQ.name, on_feedback_received),
-    }
+    async def handle_one(self, raw: Any) -> None:
+        await self.rt.handle_one(raw, DLQ[raw.topic], self.routes[raw.topic])
 
-    @rt.broker.subscriber(
+    async def handle_one_by_one(self, records: list[Any]) -> None:
+        for raw in records:
+            await self.handle_one(raw)
+
+    # -- a batch, one transaction -------------------------------------------------------------
+    async def handle_batch(self, records: list[Any]) -> None:
+        if not records:
+            return
+        rt = self.rt
+        BATCH_SIZE.labels("episodes").observe(len(records))
+        payments: list[tuple[int, Any, Envelope[PaymentRequested]]] = []
+        answers: list[tuple[int, Any, Envelope[FeedbackReceived]]] = []
+        dead: list[DeadRecord] = []
+        for i, raw in enumerate(records):
+            try:
+                if raw.topic == PAYMENTS_REQUESTED.name:
+                    payments.append((i, raw, _PAYMENT.model_validate_json(raw.value)))
+                else:
+                    answers.append((i, raw, _FEEDBACK.model_validate_json(raw.value)))
+            except ValidationError as exc:
+                dead.append((i, raw, validation_reason(exc), "invalid"))
+        items = [store.PaymentItem(env.data, env.correlation_id, str(env.event_id)) for _, _, env in payments]
+        feedback = [env.data for _, _, env in answers]
+        outcomes: list[Any] | None = None
+        try:
+            for _ in range(RACE_RETRIES):
+                try:
+                    with BATCH_SECONDS.labels("episodes").time():
+                        async with rt.pool.acquire() as conn:
+                            async with conn.transaction():
+                                result = await store.accept_payments(conn, items, book=rt.book, ref=rt.reference,
+                                                                     hold_model=rt.hold_model)
+                                await store.record_answers(conn, feedback)
+                    outcomes = result
+                    break
+                except store.Raced as exc:  # rolled back; the next pass sees the other writer's rows
+                    log.info("payments batch met a concurrent insert (%s); running it again", exc)
+            else:
+                log.warning("payments batch kept meeting concurrent inserts; handling it one record at a time")
+        except TRANSIENT_ERRORS as exc:
+            await rt.batch_failed_transiently(records, exc)
+            raise
+        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
+            log.warning("payments batch of %d failed (%s); handling it one record at a time",
+                        len(records), describe_error(exc))
+        if outcomes is None:  # rolled back: nothing of the batch was written
+            await self.handle_one_by_one(records)
+            return
+        # Committed. Counters move now, and only for new payments (a redelivery finds duplicates).
+        handled: Counter[str] = Counter()
+        for (i, raw, env), outcome in zip(payments, outcomes):
+            if isinstance(outcome, store.Accepted):
+                metrics.payment_accepted(outcome, env.data.amount_pence, rt.reference.region_of_provider(env.data.provider_code))
+                handled[raw.topic] += 1
+            else:
+                dead.append((i, raw, str(outcome), "rejected"))
+        for _, raw, _ in answers:
+            handled[raw.topic] += 1
+        await rt.finish_batch(records, handled, dead, DLQ)
+
+
+class LedgerAnswers:
+    """ledger.posted.v1: what the ledger did with each transfer payments asked for."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+
+    async def process(self, value: bytes) -> None:
+        env = _POSTED.model_validate_json(value)
+        async with self.rt.pool.acquire() as conn:
+            await store.record_ledger_answer(conn, env.data)
+
+    async def handle_batch(self, records: list[Any]) -> None:
+        if not records:
+            return
+        rt = self.rt
+        BATCH_SIZE.labels("ledger-answers").observe(len(records))
+        posted: list[TransferPosted] = []
+        dead: list[DeadRecord] = []
+        for i, raw in enumerate(records):
+            try:
+                posted.append(_POSTED.model_validate_json(raw.value).data)
+            except ValidationError as exc:
+                dead.append((i, raw, validation_reason(exc), "invalid"))
+        try:
+            with BATCH_SECONDS.labels("ledger-answers").time():
+                async with rt.pool.acquire() as conn:
+                    async with conn.transaction():
+                        await store.record_ledger_answers(conn, posted)
+        except TRANSIENT_ERRORS as exc:
+            await rt.batch_failed_transiently(records, exc)
+            raise
+        except Exception as exc:  # rolled back: find the record, one by one
+            log.warning("ledger answers batch of %d failed (%s); handling it one record at a time",
+                        len(records), describe_error(exc))
+            for raw in records:
+                await rt.handle_one(raw, LEDGER_POSTED_DLQ.name, self.process)
+            return
+        await rt.finish_batch(records, {LEDGER_POSTED.name: len(posted)}, dead, DLQ)
+
+
+def register(runtime: Any, settings: Any) -> tuple[EpisodeEvents, LedgerAnswers]:
+    episodes = EpisodeEvents(runtime)
+    ledger_answers = LedgerAnswers(runtime)
+    batch: dict[str, Any] = {"batch": True, "max_records": settings.batch_max_records,
+                             "batch_timeout_ms": settings.batch_timeout_ms}
+
+    @runtime.broker.subscriber(
         PAYMENTS_REQUESTED.name,
         FEEDBACK_RECEIVED.name,
         group_id=settings.consumer_group,
         partition_assignment_strategy=(RangePartitionAssignor,),
+        **batch,
         **CONSUMER_DEFAULTS,
     )
-    async def on_episode_event(body: bytes, msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        dlq, process = routes[raw.topic]
-        await rt.handle_one(raw, dlq, process)
+    async def on_episode_events(bodies: list[bytes], msg: KafkaMessage) -> None:
+        await episodes.handle_batch(batch_records(msg))
 
-    @rt.broker.subscriber(LEDGER_POSTED.name, group_id=f"{settings.consumer_group}-ledger-answers", **CONSUMER_DEFAULTS)
-    async def on_ledger_posted(body: bytes, msg: KafkaMessage) -> None:
-        async def process(value: bytes) -> None:
-            env = parse_envelope(value, TransferPosted)
-            async with rt.pool.acquire() as conn:
-                await store.record_ledger_answer(conn, env.data)
+    @runtime.broker.subscriber(LEDGER_POSTED.name, group_id=f"{settings.consumer_group}-ledger-answers",
+                               **batch, **CONSUMER_DEFAULTS)
+    async def on_ledger_posted(bodies: list[bytes], msg: KafkaMessage) -> None:
+        await ledger_answers.handle_batch(batch_records(msg))
 
-        await rt.handle_one(msg.raw_message, LEDGER_POSTED_DLQ.name, process)
+    return episodes, ledger_answers

@@ -26,6 +26,10 @@ class PaymentsSettings(ServiceSettings):
     schemes_dir: Path = DEFAULT_SCHEMES
     reference_dir: Path | None = None  # None = the shipped OGL extract
     batch_max_items: int = Field(default=1000, ge=1, le=10_000)
+    # Kafka consumers (payment requests + feedback; the ledger's answers): records per batch and
+    # how long to wait to fill one. Each batch is one database transaction.
+    batch_max_records: int = Field(default=500, ge=1, le=10_000)
+    batch_timeout_ms: int = Field(default=20, ge=1, le=10_000)
     settlement_schedule_enabled: bool = False
     settlement_check_interval_s: int = Field(default=3600, ge=1, le=86_400)
     # How the at-risk part is held in the ledger (services/payments/domain.py, HoldModel):

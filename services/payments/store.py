@@ -92,17 +92,10 @@ async def accept_payment(
         )
         if prior is None:  # pragma: no cover - the conflicting row must exist
             raise RuntimeError("insert conflicted but no prior row found")
-        if prior["request_fingerprint"] != fp:
-            before = json.loads(prior["request"])
-            after = json.loads(req.model_dump_json())
-            diff = sorted(k for k in after if before.get(k) != after.get(k))
-            raise Conflict(
-                f"payment {prior['payment_id']} / episode {prior['episode_id']} was already requested with different "
-                f"{', '.join(diff)}"
-            )
-        prior_ids = tuple(t.transfer_id for t in domain.payment_transfers(_episode(prior)))
-        return Accepted(req.payment_id, req.episode_id, "duplicate", prior["status"], prior["at_risk_pence"],
-                        prior["scheme_id"], prior["scheme_version"], prior_ids[-1], prior_ids)
+        known = _Known.of_row(prior)
+        if known.fingerprint != fp:
+            raise known.conflict(req.model_dump_json())
+        return known.duplicate(req)
     await _request_transfers(conn, [(t, req.episode_id) for t in transfers], correlation_id, causation_id)
     return Accepted(req.payment_id, req.episode_id, "created", status, episode.at_risk_pence,
                     episode.scheme_id, episode.scheme_version, transfers[-1].transfer_id,
@@ -127,6 +120,211 @@ async def record_ledger_answer(conn: asyncpg.Connection, posted: TransferPosted)
     await conn.execute(
         "UPDATE ledger_transfers SET status = $2, entry_seq = $3, reason = $4 WHERE transfer_id = $1 AND status <> 'posted'",
         posted.transfer_id, posted.status, posted.entry_seq, posted.reason,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches (the Kafka consumer): the same outcomes as the functions above called once per event,
+# in order, with a fixed number of statements per batch instead of several per event.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PaymentItem:
+    """One payment request from a consumer batch, with the ids of the event that carried it."""
+
+    request: PaymentRequested
+    correlation_id: str
+    causation_id: str | None = None
+
+
+class Raced(Exception):
+    """Another writer inserted one of a batch's ids after the batch looked. The caller rolls its
+    transaction back and runs the batch again (it then sees that row); nothing was decided on a
+    stale view."""
+
+
+@dataclass(frozen=True)
+class _Known:
+    """An episode row as accept_payment compares a request with it (stored, or earlier in the batch)."""
+
+    payment_id: str
+    episode_id: str
+    fingerprint: str
+    request_json: str
+    status: str
+    at_risk_pence: int
+    scheme_id: str | None
+    scheme_version: int | None
+    transfer_ids: tuple[str, ...] | None = None  # None: derived from the row when needed
+    row: asyncpg.Record | None = None
+
+    @classmethod
+    def of_row(cls, r: asyncpg.Record) -> "_Known":
+        return cls(r["payment_id"], r["episode_id"], r["request_fingerprint"], r["request"], r["status"],
+                   r["at_risk_pence"], r["scheme_id"], r["scheme_version"], row=r)
+
+    def conflict(self, request_json: str) -> Conflict:
+        before = json.loads(self.request_json)
+        after = json.loads(request_json)
+        diff = sorted(k for k in after if before.get(k) != after.get(k))
+        return Conflict(f"payment {self.payment_id} / episode {self.episode_id} was already requested with different "
+                        f"{', '.join(diff)}")
+
+    def duplicate(self, req: PaymentRequested) -> Accepted:
+        ids = self.transfer_ids
+        if ids is None:
+            assert self.row is not None
+            ids = tuple(t.transfer_id for t in domain.payment_transfers(_episode(self.row)))
+        return Accepted(req.payment_id, req.episode_id, "duplicate", self.status, self.at_risk_pence, self.scheme_id,
+                        self.scheme_version, ids[-1], ids)
+
+
+_INSERT_EPISODES = (
+    "INSERT INTO episodes(episode_id, payment_id, commissioner_code, provider_code, region_code, service_type,"
+    " activity_date, period, amount_pence, at_risk_pence, scheme_id, scheme_version, request_fingerprint, request,"
+    " correlation_id, status, hold_model)"
+    " SELECT e, p, c, pr, r, st, d, pe, a, ar, si, sv, f, q::jsonb, ci, s, h"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::date[], $8::text[],"
+    "             $9::bigint[], $10::bigint[], $11::text[], $12::int[], $13::text[], $14::text[], $15::text[],"
+    "             $16::text[], $17::text[]) AS t(e, p, c, pr, r, st, d, pe, a, ar, si, sv, f, q, ci, s, h)"
+    " ON CONFLICT DO NOTHING RETURNING episode_id"
+)
+
+
+async def accept_payments(
+    conn: asyncpg.Connection, items: list[PaymentItem], *, book: SchemeBook, ref: ReferenceData,
+    hold_model: domain.HoldModel = "held_account",
+) -> list[Accepted | InputError | Conflict]:
+    """accept_payment for a batch, in the caller's transaction: item i gets exactly the outcome
+    accept_payment would give it after items 0..i-1 (a repeat inside the batch is a duplicate or
+    a conflict of the earlier one), in four statements whatever the batch size.
+
+    Rejections (InputError, Conflict) are returned in place, not raised, and nothing is written for
+    them: they are decided before anything is written (codes by the pure core, conflicts against
+    the rows read first). Raises Raced if another writer got in between the read and the insert.
+    """
+    if not items:
+        return []
+    prepared: list[tuple[domain.Episode, str, str] | InputError] = []
+    for item in items:
+        try:
+            episode = domain.episode_for_request(item.request, book=book, ref=ref, hold_model=hold_model)
+        except InputError as exc:
+            prepared.append(exc)
+            continue
+        request_json = item.request.model_dump_json()
+        prepared.append((episode, hashlib.sha256(request_json.encode()).hexdigest(), request_json))
+    rows = await conn.fetch(
+        "SELECT * FROM episodes WHERE payment_id = ANY($1::text[]) OR episode_id = ANY($2::text[])",
+        [i.request.payment_id for i in items], [i.request.episode_id for i in items],
+    )
+    by_payment = {r["payment_id"]: r for r in rows}
+    by_episode = {r["episode_id"]: r for r in rows}
+    known_payment: dict[str, _Known] = {}
+    known_episode: dict[str, _Known] = {}
+
+    def prior_of(req: PaymentRequested) -> _Known | None:
+        # As accept_payment: the row with this payment id first, else the one with this episode id.
+        for known, stored, key in ((known_payment, by_payment, req.payment_id), (known_episode, by_episode, req.episode_id)):
+            if key in known:
+                return known[key]
+            if key in stored:
+                return _Known.of_row(stored[key])
+        return None
+
+    outcomes: list[Accepted | InputError | Conflict] = []
+    new: list[tuple[PaymentItem, domain.Episode, str, str, str, tuple[TransferRequested, ...]]] = []
+    for item, prep in zip(items, prepared):
+        if isinstance(prep, InputError):
+            outcomes.append(prep)
+            continue
+        episode, fp, request_json = prep
+        req = item.request
+        prior = prior_of(req)
+        if prior is not None:
+            outcomes.append(prior.duplicate(req) if prior.fingerprint == fp else prior.conflict(request_json))
+            continue
+        transfers = domain.payment_transfers(episode)
+        status = "held" if episode.at_risk_pence else "paid_in_full"
+        ids = tuple(t.transfer_id for t in transfers)
+        known = _Known(req.payment_id, req.episode_id, fp, request_json, status, episode.at_risk_pence,
+                       episode.scheme_id, episode.scheme_version, ids)
+        known_payment[req.payment_id] = known_episode[req.episode_id] = known
+        new.append((item, episode, fp, request_json, status, transfers))
+        outcomes.append(Accepted(req.payment_id, req.episode_id, "created", status, episode.at_risk_pence,
+                                 episode.scheme_id, episode.scheme_version, ids[-1], ids))
+    if not new:
+        return outcomes
+    columns: list[list[Any]] = [[] for _ in range(17)]
+    for item, episode, fp, request_json, status, _transfers in new:
+        req = item.request
+        for col, value in zip(columns, (
+            req.episode_id, req.payment_id, req.commissioner_code, req.provider_code, episode.region_code,
+            req.service_type, req.activity_date, episode.period, req.amount_pence, episode.at_risk_pence,
+            episode.scheme_id, episode.scheme_version, fp, request_json, item.correlation_id, status, hold_model,
+        )):
+            col.append(value)
+    inserted = await conn.fetch(_INSERT_EPISODES, *columns)
+    if len(inserted) != len(new):
+        raise Raced(f"{len(new) - len(inserted)} of {len(new)} episodes were inserted by another writer meanwhile")
+    ledger_rows = [(t.transfer_id, item.request.episode_id, t.cause.kind) for item, *_, ts in new for t in ts]
+    await conn.execute(
+        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        [r[0] for r in ledger_rows], [r[1] for r in ledger_rows], [r[2] for r in ledger_rows],
+    )
+    outbox = [row for item, *_, ts in new
+              for row in _transfer_rows([(t, item.request.episode_id) for t in ts], item.correlation_id, item.causation_id)]
+    await conn.copy_records_to_table("outbox", records=outbox, columns=["topic", "key", "payload", "headers"])
+    return outcomes
+
+
+async def record_answers(conn: asyncpg.Connection, answers: list[FeedbackReceived]) -> list[bool]:
+    """record_answer for a batch, in one statement: the same result per answer as calling it on
+    each in order (True for a new answer; False for a duplicate, also one earlier in the batch,
+    and for instruments that cannot decide an episode). The first of two answers with one
+    submission id is kept, as one by one."""
+    first: dict[str, int] = {}
+    for i, fb in enumerate(answers):
+        if fb.instrument in ("fft", "patient_power") and fb.submission_id not in first:
+            first[fb.submission_id] = i
+    if not first:
+        return [False] * len(answers)
+    keep = [answers[i] for i in first.values()]
+    rows = await conn.fetch(
+        "INSERT INTO answers(submission_id, episode_id, provider_code, instrument, fft_answer, patient_choice,"
+        " authored_at, amends_submission_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[],"
+        "                      $7::timestamptz[], $8::text[])"
+        " ON CONFLICT DO NOTHING RETURNING submission_id",
+        [fb.submission_id for fb in keep], [fb.episode_id for fb in keep], [fb.provider_code for fb in keep],
+        [fb.instrument for fb in keep], [int(fb.fft_answer) if fb.fft_answer is not None else None for fb in keep],
+        [fb.patient_choice for fb in keep], [fb.authored_at for fb in keep], [fb.amends_submission_id for fb in keep],
+    )
+    new = {r["submission_id"] for r in rows}
+    return [first.get(fb.submission_id) == i and fb.submission_id in new for i, fb in enumerate(answers)]
+
+
+def final_ledger_answers(answers: list[TransferPosted]) -> list[TransferPosted]:
+    """What record_ledger_answer called on each answer in order leaves per transfer: a "posted"
+    answer is final (later answers do not overwrite it), otherwise the last answer stands."""
+    final: dict[str, TransferPosted] = {}
+    for a in answers:
+        current = final.get(a.transfer_id)
+        if current is None or current.status != "posted":
+            final[a.transfer_id] = a
+    return list(final.values())
+
+
+async def record_ledger_answers(conn: asyncpg.Connection, answers: list[TransferPosted]) -> None:
+    """record_ledger_answer for a batch, in one statement (same end state as one by one, in order)."""
+    final = final_ledger_answers(answers)
+    if not final:
+        return
+    await conn.execute(
+        "UPDATE ledger_transfers t SET status = d.s, entry_seq = d.q, reason = d.r"
+        " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS d(id, s, q, r)"
+        " WHERE t.transfer_id = d.id AND t.status <> 'posted'",
+        [a.transfer_id for a in final], [a.status for a in final], [a.entry_seq for a in final], [a.reason for a in final],
     )
 
 
