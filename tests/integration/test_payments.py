@@ -67,6 +67,39 @@ async def test_http_payment_is_idempotent_and_validated(settings) -> None:
     assert {leg["account_id"]: leg["amount_pence"] for leg in hold[1]["legs"]} == {"commissioner:QWE": -12_345, "provider:RJ1": 12_345}
 
 
+async def test_http_batch_is_one_transaction_with_an_outcome_per_item(settings) -> None:
+    """Each item gets the outcome it would get alone, in order; rejections write nothing."""
+    run = uuid.uuid4().hex[:6]
+    async with running(create_app(settings)) as http:
+        assert (await http.post("/v1/payment-requests", json=payment(run, 9))).status_code == 201  # stored before
+        body = [
+            payment(run, 0),                          # created
+            {"payment_id": f"pay-{run}-x"},           # invalid: schema
+            payment(run, 1, provider_code="ZZZ"),     # invalid: unknown code (decided by the core)
+            payment(run, 0),                          # duplicate of item 0, same batch
+            payment(run, 0, amount_pence=5),          # conflict with item 0, same batch
+            payment(run, 9),                          # duplicate of a stored payment
+            payment(run, 9, amount_pence=7),          # conflict with a stored payment
+            payment(run, 2),                          # created
+        ]
+        r = await http.post("/v1/payment-requests/batch", json=body, headers={"X-Correlation-ID": f"batch-{run}"})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert [i["outcome"] for i in out["items"]] == [
+            "created", "invalid", "invalid", "duplicate", "conflict", "duplicate", "conflict", "created"]
+        assert [i["index"] for i in out["items"]] == list(range(len(body)))
+        assert (out["accepted"], out["rejected"]) == (4, 4)
+        assert "amount_pence" in out["items"][4]["detail"]
+        assert (await http.get(f"/v1/episodes/ep-{run}-0")).json()["amount_pence"] == 123_457
+        assert (await http.get(f"/v1/episodes/ep-{run}-1")).status_code == 404
+        assert (await http.get(f"/v1/episodes/ep-{run}-2")).status_code == 200
+    requests = await read_topic(settings.kafka_bootstrap_servers, LEDGER_TRANSFER_REQUESTS.name, expect=10_000, timeout_s=5)
+    mine = sorted(json.loads(r.value)["data"]["transfer_id"] for r in requests if f"-{run}-".encode() in r.value)
+    assert mine == sorted(f"{k}:pay-{run}-{n}" for k in ("pay", "hold") for n in (0, 2, 9))  # each once
+    by_id = {json.loads(r.value)["data"]["transfer_id"]: json.loads(r.value) for r in requests}
+    assert by_id[f"pay:pay-{run}-2"]["correlation_id"] == f"batch-{run}"
+
+
 async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_bootstrap) -> None:
     run = uuid.uuid4().hex[:6]
     authored = datetime.now(timezone.utc) - timedelta(hours=2)
