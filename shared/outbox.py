@@ -31,6 +31,11 @@ OUTBOX_OLDEST_AGE = Gauge("outbox_oldest_age_seconds", "Age of the oldest unpubl
 OUTBOX_ERRORS = Counter("outbox_publish_errors_total", "Relay passes that failed to publish")
 
 _INSERT = "INSERT INTO outbox(topic, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
+_INSERT_MANY = (
+    "INSERT INTO outbox(topic, key, payload, headers)"
+    " SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) WITH ORDINALITY AS r(t, k, p, h, n)"
+    " ORDER BY n"
+)
 
 
 def event_headers(env: Envelope) -> dict[str, str]:
@@ -45,10 +50,14 @@ def outbox_row(topic: str, key: str, env: Envelope) -> tuple[str, bytes, bytes, 
 
 
 async def enqueue(conn: asyncpg.Connection, rows: Iterable[tuple[str, bytes, bytes, str]]) -> None:
-    """Add events to the outbox in the caller's transaction."""
+    """Add events to the outbox in the caller's transaction, in the given order (ids follow it,
+    and the relay publishes in id order: a hold is published before its release)."""
     batch = list(rows)
-    if batch:
-        await conn.executemany(_INSERT, batch)
+    if len(batch) == 1:
+        await conn.execute(_INSERT, *batch[0])
+    elif batch:  # one statement for the lot, not one round trip per row
+        await conn.execute(_INSERT_MANY, [r[0] for r in batch], [r[1] for r in batch], [r[2] for r in batch],
+                           [r[3] for r in batch])
 
 
 class OutboxRelay:

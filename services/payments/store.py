@@ -60,9 +60,10 @@ async def _request_transfers(conn: asyncpg.Connection, transfers: list[tuple[Tra
                              correlation_id: str, causation_id: str | None) -> None:
     if not transfers:
         return
-    await conn.executemany(
-        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        [(t.transfer_id, episode, t.cause.kind) for t, episode in transfers],
+    await conn.execute(
+        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        [t.transfer_id for t, _ in transfers], [episode for _, episode in transfers], [t.cause.kind for t, _ in transfers],
     )
     await enqueue(conn, _transfer_rows(transfers, correlation_id, causation_id))
 
@@ -374,15 +375,18 @@ async def settle_unit(
         report.billed_pence, report.held_pence, report.released_pence, report.diverted_pence, report.responses,
         report.episodes, report.min_sample_applied, report.cap_applied, report.cap_pence,
     )
-    await conn.executemany(
-        "UPDATE episodes SET status = 'settled', settlement_id = $2, released_pence = $3, diverted_pence = $4,"
-        " decision = $5::jsonb WHERE episode_id = $1",
-        [
-            (line.episode.episode_id, settlement_id, line.released_pence, line.diverted_pence,
-             json.dumps({**asdict(line.decision), "steps": list(line.steps),
-                         "transfer_ids": [t.transfer_id for t in line.transfers]}, default=str))
-            for line in report.lines
-        ],
+    lines = report.lines
+    await conn.execute(  # one statement for the unit (a big trust has thousands of episodes a month)
+        "UPDATE episodes SET status = 'settled', settlement_id = $1, released_pence = d.released,"
+        " diverted_pence = d.diverted, decision = d.decision::jsonb"
+        " FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS d(episode_id, released, diverted, decision)"
+        " WHERE episodes.episode_id = d.episode_id",
+        settlement_id,
+        [line.episode.episode_id for line in lines],
+        [line.released_pence for line in lines],
+        [line.diverted_pence for line in lines],
+        [json.dumps({**asdict(line.decision), "steps": list(line.steps),
+                     "transfer_ids": [t.transfer_id for t in line.transfers]}, default=str) for line in lines],
     )
     await _request_transfers(
         conn, [(t, line.episode.episode_id) for line in report.lines for t in line.transfers], correlation_id, None
