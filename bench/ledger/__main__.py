@@ -361,8 +361,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transfers", type=int, help="transfer requests to pre-produce per workload")
     p.add_argument("--expect-rate", type=float, default=10_000, help="sizes the pre-produced backlog (default 10,000/s)")
     p.add_argument("--batch", type=int, default=2_000, help="consumer batch size (LEDGER_BATCH_MAX_RECORDS)")
-    p.add_argument("--relay", choices=["inline", "external"], default="external",
-                   help="outbox relay in the ledger process or as its own process (LEDGER_OUTBOX_RELAY; default external)")
+    p.add_argument("--relay", choices=["inline", "external"], default="inline",
+                   help="outbox relay in the ledger process (the default deployment) or as its own process (LEDGER_OUTBOX_RELAY=external)")
     p.add_argument("--journal-rows", type=int, help="journal rows for the latency fixture (default 10,000,000, quick 200,000)")
     return p.parse_args(argv)
 
