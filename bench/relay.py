@@ -1,4 +1,5 @@
-"""Benchmarks' helper: a service's outbox relay as its own process (``OUTBOX_RELAY=external``)."""
+"""Benchmarks' helpers for child processes: a service's outbox relay as its own process
+(``OUTBOX_RELAY=external``), and stopping a child politely, then firmly."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def start_external_relay(service: str, dsn: str, bootstrap: str) -> subprocess.P
 
 
 def stop_process(proc: subprocess.Popen | None) -> None:
-    """SIGTERM (the relay drains and exits), SIGKILL after 15 s."""
+    """SIGTERM (a relay drains, a server shuts down), SIGKILL after 15 s."""
     if proc is not None and proc.poll() is None:
         proc.terminate()
         try:

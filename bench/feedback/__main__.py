@@ -34,7 +34,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.relay import stop_process
 from services.feedback.domain import synthetic_nhs_number
+from shared.auth import bearer_headers
 from shared.db import ensure_database
 from shared.devstack import ROOT, ServiceProcess, free_port, start_infra, wait_for_port
 
@@ -116,14 +118,23 @@ async def run(args: argparse.Namespace) -> str:
         run_id = uuid.uuid4().hex[:6]
         batch_size = args.batch_size
 
+        auth = bearer_headers(["feedback:write"], subject="bench")  # as an app backend's token
+        refused: dict[int, str] = {}  # status -> first problem body: a refusal is a broken run, not a slow one
+
+        def accepted_or_note(r: httpx.Response, expect: int) -> bool:
+            if r.status_code != expect:
+                refused.setdefault(r.status_code, r.text[:300])
+                return False
+            return True
+
         async def single(c: httpx.AsyncClient) -> int:
-            r = await c.post(f"{service.url}/v1/submissions", json=make_body(next(counter), run_id))
-            return 1 if r.status_code == 202 else 0
+            r = await c.post(f"{service.url}/v1/submissions", json=make_body(next(counter), run_id), headers=auth)
+            return 1 if accepted_or_note(r, 202) else 0
 
         async def batch(c: httpx.AsyncClient) -> int:
             body = [make_body(next(counter), run_id) for _ in range(batch_size)]
-            r = await c.post(f"{service.url}/v1/submissions/batch", json=body)
-            if r.status_code != 200:
+            r = await c.post(f"{service.url}/v1/submissions/batch", json=body, headers=auth)
+            if not accepted_or_note(r, 200):
                 return 0
             return sum(1 for it in r.json()["items"] if it["outcome"] == "created")
 
@@ -150,6 +161,8 @@ async def run(args: argparse.Namespace) -> str:
         finally:
             await conn.close()
         print(f"stored submissions: {stored}; outbox backlog at the end: {backlog}", flush=True)
+        if refused:
+            raise RuntimeError(f"the service refused requests (status: first body): {refused}")
         ok = True
         return (f"bench=feedback single_per_s={results['single']:.1f} batch_per_s={results['batch']:.1f} "
                 f"bare_per_s={results['bare']:.1f}")
@@ -157,13 +170,8 @@ async def run(args: argparse.Namespace) -> str:
         for p in procs:
             if isinstance(p, ServiceProcess):
                 p.stop()
-            elif p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            else:
+                stop_process(p)
         try:
             conn = await asyncpg.connect(infra.postgres_dsn)
             try:
