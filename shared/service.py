@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from faststream import AckPolicy
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 EVENTS_HANDLED = Counter("events_handled_total", "Events a consumer handled successfully", ["topic"])
 CONSUMER_LAG = Gauge("consumer_lag_records", "Records behind the partition's high watermark", ["topic", "partition", "group"])
 LAG_INTERVAL_S = 5.0
+BATCH_RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
+T = TypeVar("T")
 
 
 async def raw_decoder(msg: Any, original: Any = None) -> bytes:
@@ -228,6 +230,36 @@ class Runtime:
         log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
 
     # -- batch consumers (one transaction per batch; see services/*/consumer.py) ---------------
+    async def write_batch(self, records: Sequence[Any], write: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                          raced: type[Exception] | tuple[type[Exception], ...] = (), timer: Any = None,
+                          what: str = "batch") -> T | None:
+        """Run ``write(conn)`` for a consumer batch in ONE transaction; its result once committed.
+
+        None means the batch was rolled back and the caller handles it one record per transaction
+        (so a failing record is retried, then dead-lettered, while the others go through): it kept
+        meeting concurrent inserts of its ids (``raced``, run again up to ``BATCH_RACE_RETRIES``
+        times, each pass seeing the other writer's rows) or failed for a reason that is neither its
+        input nor the infrastructure. An outage backs off and raises, so the batch comes again.
+        """
+        try:
+            for _ in range(BATCH_RACE_RETRIES):
+                try:
+                    with timer.time() if timer is not None else contextlib.nullcontext():
+                        async with self.pool.acquire() as conn:
+                            async with conn.transaction():
+                                return await write(conn)
+                except raced as exc:
+                    log.info("%s met a concurrent insert (%s); running it again", what, exc)
+            log.warning("%s kept meeting concurrent inserts; handling it one record at a time", what)
+        except TRANSIENT_ERRORS as exc:
+            await self.batch_failed_transiently(records, exc)
+            raise
+        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
+            first = records[0]
+            log.warning("%s of %d from %s[%d]@%d failed (%s); handling it one record at a time", what, len(records),
+                        first.topic, first.partition, first.offset, describe_error(exc))
+        return None
+
     async def batch_failed_transiently(self, records: Sequence[Any], exc: BaseException) -> None:
         """Database or broker briefly down during a batch: count, log, back off. The caller then
         raises, so the whole batch is delivered again; nothing is dead-lettered for an outage."""

@@ -24,7 +24,7 @@ Error policy, per record, as ``Runtime.handle_one`` (shared/service.py) on the p
   again, as long as it takes, and nothing is dead-lettered for it;
 - another transaction (an HTTP request) storing one of the batch's submission ids meanwhile
   (``store.Raced``) rolls the batch back and runs it again (then the id is a duplicate or a
-  conflict), up to ``RACE_RETRIES`` times, then as below;
+  conflict), up to ``BATCH_RACE_RETRIES`` times (``Runtime.write_batch``), then as below;
 - anything else rolls the batch back and the batch is handled again one record per transaction
   through ``Runtime.handle_one``, so the failing record is retried ``consumer_max_attempts`` times
   and then dead-lettered while the others go through.
@@ -42,14 +42,13 @@ from pydantic import ValidationError
 from services.feedback import domain, store
 from shared.consumer import (
     DEAD_LETTERS,
-    TRANSIENT_ERRORS,
     BadEvent,
     DeadRecord,
     dead_letter_headers,
     validation_reason,
 )
 from shared.contracts import Envelope
-from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records, describe_error
+from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records
 from shared.topics import FEEDBACK_SUBMITTED, FEEDBACK_SUBMITTED_DLQ
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,6 @@ BATCH_SIZE = Histogram("feedback_intake_batch_size", "Records per feedback intak
 BATCH_SECONDS = Histogram("feedback_intake_batch_seconds", "Time to store one intake batch (one transaction)",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
-RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
 DLQ = {FEEDBACK_SUBMITTED.name: FEEDBACK_SUBMITTED_DLQ.name}
 
 
@@ -121,28 +119,10 @@ class Intake:
                 continue
             parsed.append((i, raw))
             items.append(store.Incoming(env.data, env.correlation_id, str(env.event_id)))
-        outcomes: list[store.Accepted | store.Conflict] | None = None
-        try:
-            for _ in range(RACE_RETRIES):
-                try:
-                    with BATCH_SECONDS.time():
-                        async with rt.pool.acquire() as conn:
-                            async with conn.transaction():
-                                outcomes = await store.accept_batch(conn, items, keys=self.keys, channel="kafka")
-                    break
-                except store.Raced as exc:  # rolled back; the next pass sees the other writer's rows as stored
-                    log.info("intake batch met a concurrent insert (%s); running it again", exc)
-            else:
-                log.warning("intake batch kept meeting concurrent inserts; handling it one record at a time")
-        except TRANSIENT_ERRORS as exc:
-            await rt.batch_failed_transiently(records, exc)
-            raise
-        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
-            first = records[0]
-            log.warning("intake batch of %d from %s[%d]@%d failed (%s); handling it one record at a time",
-                        len(records), first.topic, first.partition, first.offset, describe_error(exc))
-            await self.handle_one_by_one(records)
-            return
+        async def write(conn: Any) -> list[store.Accepted | store.Conflict]:
+            return await store.accept_batch(conn, items, keys=self.keys, channel="kafka")
+
+        outcomes = await rt.write_batch(records, write, raced=store.Raced, timer=BATCH_SECONDS, what="intake batch")
         if outcomes is None:  # rolled back: nothing of the batch was written
             await self.handle_one_by_one(records)
             return

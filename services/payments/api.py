@@ -16,6 +16,7 @@ from shared.contracts import OdsCode, PaymentRequested, RegionCode, no_nul
 from shared.auth import principal_of
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
+from shared.service import BATCH_RACE_RETRIES
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
@@ -161,14 +162,11 @@ async def create_payment_requests(request: Request, body: Annotated[list[dict[st
     return BatchResult(accepted=ok, rejected=len(items) - ok, items=items)
 
 
-BATCH_RACE_RETRIES = 3  # another writer inserting one of the batch's ids meanwhile: look again
-
-
 async def _accept_all(request: Request, reqs: list[PaymentRequested]) -> list[store.Accepted | store.InputError | store.Conflict]:
     rt = _rt(request)
     cid = _cid()
     batch = [store.PaymentItem(req, cid) for req in reqs]
-    for _ in range(BATCH_RACE_RETRIES):
+    for _ in range(BATCH_RACE_RETRIES):  # another writer inserting one of the batch's ids meanwhile: look again
         try:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():

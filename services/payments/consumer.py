@@ -40,9 +40,9 @@ from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from services.payments import metrics, store
-from shared.consumer import TRANSIENT_ERRORS, BadEvent, DeadRecord, validation_reason
+from shared.consumer import BadEvent, DeadRecord, validation_reason
 from shared.contracts import Envelope, FeedbackReceived, PaymentRequested, TransferPosted
-from shared.service import CONSUMER_DEFAULTS, batch_records, describe_error
+from shared.service import CONSUMER_DEFAULTS, batch_records
 from shared.topics import (
     FEEDBACK_RECEIVED,
     FEEDBACK_RECEIVED_DLQ,
@@ -63,7 +63,6 @@ DLQ = {
     FEEDBACK_RECEIVED.name: FEEDBACK_RECEIVED_DLQ.name,
     LEDGER_POSTED.name: LEDGER_POSTED_DLQ.name,
 }
-RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
 
 BATCH_SIZE = Histogram("payments_consumer_batch_size", "Records per payments consumer batch", ["subscriber"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
@@ -128,28 +127,14 @@ class EpisodeEvents:
                 dead.append((i, raw, validation_reason(exc), "invalid"))
         items = [store.PaymentItem(env.data, env.correlation_id, str(env.event_id)) for _, _, env in payments]
         feedback = [env.data for _, _, env in answers]
-        outcomes: list[Any] | None = None
-        try:
-            for _ in range(RACE_RETRIES):
-                try:
-                    with BATCH_SECONDS.labels("episodes").time():
-                        async with rt.pool.acquire() as conn:
-                            async with conn.transaction():
-                                result = await store.accept_payments(conn, items, book=rt.book, ref=rt.reference,
-                                                                     hold_model=rt.hold_model)
-                                await store.record_answers(conn, feedback)
-                    outcomes = result
-                    break
-                except store.Raced as exc:  # rolled back; the next pass sees the other writer's rows
-                    log.info("payments batch met a concurrent insert (%s); running it again", exc)
-            else:
-                log.warning("payments batch kept meeting concurrent inserts; handling it one record at a time")
-        except TRANSIENT_ERRORS as exc:
-            await rt.batch_failed_transiently(records, exc)
-            raise
-        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
-            log.warning("payments batch of %d failed (%s); handling it one record at a time",
-                        len(records), describe_error(exc))
+
+        async def write(conn: Any) -> list[Any]:
+            result = await store.accept_payments(conn, items, book=rt.book, ref=rt.reference, hold_model=rt.hold_model)
+            await store.record_answers(conn, feedback)
+            return result
+
+        outcomes = await rt.write_batch(records, write, raced=store.Raced, timer=BATCH_SECONDS.labels("episodes"),
+                                        what="payments batch")
         if outcomes is None:  # rolled back: nothing of the batch was written
             await self.handle_one_by_one(records)
             return
@@ -189,18 +174,12 @@ class LedgerAnswers:
                 posted.append(_POSTED.model_validate_json(raw.value).data)
             except ValidationError as exc:
                 dead.append((i, raw, validation_reason(exc), "invalid"))
-        try:
-            with BATCH_SECONDS.labels("ledger-answers").time():
-                async with rt.pool.acquire() as conn:
-                    async with conn.transaction():
-                        await store.record_ledger_answers(conn, posted)
-        except TRANSIENT_ERRORS as exc:
-            await rt.batch_failed_transiently(records, exc)
-            raise
-        except Exception as exc:  # rolled back: find the record, one by one
-            log.warning("ledger answers batch of %d failed (%s); handling it one record at a time",
-                        len(records), describe_error(exc))
-            for raw in records:
+        async def write(conn: Any) -> int:
+            await store.record_ledger_answers(conn, posted)
+            return len(posted)
+
+        if await rt.write_batch(records, write, timer=BATCH_SECONDS.labels("ledger-answers"), what="ledger answers batch") is None:
+            for raw in records:  # rolled back: find the record, one by one
                 await rt.handle_one(raw, LEDGER_POSTED_DLQ.name, self.process)
             return
         await rt.finish_batch(records, {LEDGER_POSTED.name: len(posted)}, dead, DLQ)
