@@ -92,9 +92,10 @@ class Throughput:
 async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool,
                      relay: str) -> Throughput:
     from services.ledger import consumer
-    from services.ledger.app import create_app, tune_process
+    from services.ledger.app import create_app
     from services.ledger.settings import LedgerSettings
     from shared.kafka import ensure_topics
+    from shared.process import tune_process
 
     db_name = f"bench_ledger_{workload}_{uuid.uuid4().hex[:6]}"
     dsn = await ensure_database(infra.postgres_dsn, db_name)

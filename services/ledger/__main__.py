@@ -9,6 +9,7 @@ import sys
 
 from services.ledger.settings import LedgerSettings
 from shared.logging import configure_logging
+from shared.process import tune_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,14 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         from shared.outbox import run_relay
 
+        tune_process(settings)
         asyncio.run(run_relay(settings))
         return 0
     import uvicorn
 
-    from services.ledger.app import create_app, tune_process
+    from services.ledger.app import create_app
 
     app = create_app(settings)
-    tune_process(settings)
+    tune_process(settings)  # after start-up objects exist, so gc.freeze() keeps them
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
     return 0
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from fastapi import Depends, FastAPI
 
 from services.ledger import api, consumer
@@ -30,10 +28,3 @@ def create_app(settings: LedgerSettings | None = None) -> FastAPI:
     http.install(app, "ledger")
     app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
     return app
-
-
-def tune_process(settings: LedgerSettings) -> None:
-    """Process-wide tuning for a ledger process (the service and the benchmark, not tests)."""
-    gc.collect()
-    gc.freeze()  # start-up objects (modules, models, routes) are never collected: stop walking them
-    gc.set_threshold(settings.gc_gen0_threshold, 50, 100)

@@ -34,10 +34,5 @@ class LedgerSettings(ServiceSettings):
     # Consumer fetch tuning (aiokafka): bigger fetches fill a batch in fewer round trips.
     fetch_max_bytes: int = Field(default=52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(default=4_194_304, ge=1024)
-    # Garbage collector: a batch allocates tens of thousands of short-lived objects; with the
-    # default threshold (700) the collector runs ~100 times per batch and repeatedly walks every
-    # long-lived object. A larger first-generation threshold plus gc.freeze() after start-up
-    # cut the consumer's CPU per transfer by about a third here (bench/ledger).
-    gc_gen0_threshold: int = Field(default=100_000, ge=700, le=10_000_000)
     # NHS reference data (regions of providers and ICBs) for region-limited tokens.
     reference_dir: Path | None = None  # None = the shipped OGL extract

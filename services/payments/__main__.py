@@ -8,6 +8,7 @@ import sys
 
 from services.payments.settings import PaymentsSettings
 from shared.logging import configure_logging
+from shared.process import tune_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,13 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "relay":
         from shared.outbox import run_relay
 
+        tune_process(settings)
         asyncio.run(run_relay(settings))
         return 0
     import uvicorn
 
     from services.payments.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    app = create_app(settings)
+    tune_process(settings)  # after start-up objects exist, so gc.freeze() keeps them
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
     return 0
 
 
