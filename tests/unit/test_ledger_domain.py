@@ -847,6 +847,32 @@ def test_fast_request_json_is_the_canonical_form() -> None:
     assert request_json(Expire("p")) == canonical(transfer_body(Expire("p")))
 
 
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+
+
+@given(st.fixed_dictionaries(
+    {"kind": st.sampled_from(["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld",
+                              "reversal", "expiry", "manual"])},
+    optional={"payment_id": _TEXT, "episode_id": _TEXT, "provider_code": _TEXT, "period": _TEXT, "scheme_id": _TEXT,
+              "scheme_version": st.integers(0, 10**6), "settlement_id": _TEXT, "appeal_id": _TEXT, "note": _TEXT}))
+def test_fast_cause_json_is_the_canonical_form(cause: dict[str, Any]) -> None:
+    """The hand-built cause (hashed into every entry) spells exactly what the general form does."""
+    from services.ledger.domain import _cause_json
+    from shared.contracts import TransferCause
+
+    model = TransferCause.model_validate(cause)
+    assert _cause_json(model) == canonical(model.model_dump(mode="json", exclude_none=True))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["fund:Y56", "provider:RJ1", "held:R\u00e9"]), st.integers(-10**15, 10**15),
+                          st.integers(-10**15, 10**15)), max_size=5), st.integers(2, 4))
+def test_fast_legs_json_is_the_canonical_form(legs: list[tuple[str, int, int]], arity: int) -> None:
+    from services.ledger.domain import _legs_json
+
+    cut = [leg[:arity] if arity <= 3 else (*leg, 7) for leg in legs]
+    assert _legs_json(cut) == canonical([list(leg) for leg in cut])
+
+
 def test_amounts_beyond_the_ledgers_range_are_refused() -> None:
     from services.ledger.domain import MAX_BALANCE_PENCE, MAX_LEG_PENCE
 
