@@ -34,6 +34,7 @@ from bench.e2e.probes import (
     batch_stats,
     fmt_batches,
     fmt_cpu,
+    fmt_cpu_per_episode,
     lags,
     pct,
 )
@@ -523,6 +524,7 @@ async def run(args: argparse.Namespace) -> int:
                 out(f"  consumer batches: {fmt_batches(batches, now_batches)}")
                 batches = now_batches
                 out(f"  cpu% during the phase (100 = one core): {fmt_cpu(day.cpu)}")
+                out(f"  {fmt_cpu_per_episode(day.cpu, day.seconds, day.count, target_per_s=5_000)}")
 
                 # 3. feedback must all be with payments before the month is settled
                 bench.set_phase("feedback", day.lo, day.hi)

@@ -344,3 +344,19 @@ def fmt_cpu(cpu: dict[str, float]) -> str:
     keys = [k for k in order if k in cpu] + sorted(k for k in cpu if k not in order)
     cores = os.cpu_count() or 1
     return " ".join(f"{k} {cpu[k]:.0f}" for k in keys) + f" (of {cores * 100})"
+
+
+def fmt_cpu_per_episode(cpu: dict[str, float], seconds: float, episodes: int, *, target_per_s: int) -> str:
+    """CPU time per episode by process, and the cores a target rate would need at that cost.
+
+    Unlike a rate, CPU time per episode barely moves when the machine is busy with other work,
+    so it is the figure to compare between runs and to size a deployment with.
+    """
+    if episodes <= 0 or seconds <= 0:
+        return "CPU per episode: n/a"
+    # The system only: the load generator ("bench") and the rest of the machine ("other") are not part of it.
+    ms = {k: v / 100 * seconds / episodes * 1000 for k, v in cpu.items() if k not in ("bench", "other")}
+    total = sum(ms.values())
+    parts = " ".join(f"{k} {ms[k]:.3f}" for k in sorted(ms, key=lambda k: -ms[k]))
+    return (f"CPU per episode (ms, services + PostgreSQL + broker): {parts}; total {total:.3f} ms, so"
+            f" {target_per_s:,} episodes/s would need {total * target_per_s / 1000:.1f} cores at this cost")
