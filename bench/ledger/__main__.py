@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import statistics
 import sys
@@ -19,6 +21,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from bench.e2e.probes import CpuWindow, Processes
 from bench.relay import start_external_relay, stop_process
 from shared.db import ensure_database, migrate
 from shared.devstack import fresh_kafka, start_infra
@@ -87,6 +90,7 @@ class Throughput:
     batch_p50: float
     outbox_backlog: int
     verified: str
+    cpu_us: dict[str, float]  # CPU time per transfer posted in the window, by process group
 
 
 async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool,
@@ -118,6 +122,8 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
                     relay_proc = start_external_relay("ledger", dsn, bootstrap)
                 deadline = time.perf_counter() + window_s + 120
                 t_warm = seq_warm = None
+                procs = cpu_groups(infra, broker, relay_proc)
+                cpu: CpuWindow | None = None
                 while time.perf_counter() < deadline:
                     await asyncio.sleep(0.25)
                     seq = await conn.fetchval("SELECT seq FROM chain_head WHERE id = 1")
@@ -125,13 +131,18 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
                     samples.append((now, seq))
                     if t_warm is None and seq > 0:
                         t_warm, seq_warm = now, seq  # first committed batch: the consumer is assigned and warm
+                        cpu = CpuWindow(procs)
                     if t_warm is not None and (seq >= n or now - t_warm >= window_s):
                         break
                 if t_warm is None:
                     raise RuntimeError("the ledger posted nothing")
                 t_end, seq_end = samples[-1]
+                assert cpu is not None
+                window_cpu = cpu.take()
                 backlog = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             rate = (seq_end - seq_warm) / (t_end - t_warm)  # type: ignore[operator]
+            posted_in_window = max(seq_end - seq_warm, 1)  # type: ignore[operator]
+            cpu_us = {k: v / 100 * (t_end - t_warm) / posted_in_window * 1e6 for k, v in window_cpu.items()}
             totals = await conn.fetchval("SELECT sum(posted_pence) FROM accounts")
             verified = f"sum of balances {totals}"
             if verify:
@@ -145,11 +156,37 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
         finally:
             stop_process(relay_proc)
             await conn.close()
-        return Throughput(workload, rate, t_end - t_warm, seq_end, n, total / max(count, 1), backlog, verified)
+        return Throughput(workload, rate, t_end - t_warm, seq_end, n, total / max(count, 1), backlog, verified, cpu_us)
     finally:
         if broker is not None:
             broker.stop()
         await drop_database(infra.postgres_dsn, db_name)
+
+
+def cpu_groups(infra: Any, broker: Any, relay_proc: Any) -> Processes:
+    """The processes that do the work: this one (the ledger's consumer, and its relay when inline),
+    an external relay, the broker, PostgreSQL (postmaster and backends)."""
+    groups = {"ledger": [os.getpid()]}
+    if relay_proc is not None:
+        groups["relay"] = [relay_proc.pid]
+    kafka = broker or infra.kafka
+    if kafka is not None and kafka.proc is not None:
+        groups["broker"] = [kafka.proc.pid]
+    postmaster = None
+    if infra.postgres is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int((infra.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            groups["postgres"] = [postmaster]
+    return Processes(groups, postmaster)
+
+
+def fmt_cpu_us(cpu_us: dict[str, float], target_per_s: int) -> str:
+    """CPU µs per transfer by process (``other``: the rest of the machine, left out of the total)."""
+    mine = {k: v for k, v in cpu_us.items() if k != "other"}
+    total = sum(mine.values())
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(mine.items(), key=lambda kv: -kv[1]))
+    return (f"CPU per transfer (µs): {parts}; total {total:.0f} µs, so {target_per_s:,}/s would need"
+            f" {total * target_per_s / 1e6:.1f} cores at this cost")
 
 
 async def drop_database(server_dsn: str, name: str) -> None:
@@ -342,6 +379,7 @@ async def main(args: argparse.Namespace) -> int:
             drained = " (all consumed before the window ended)" if r.posted >= r.produced else ""
             out(f"{workload}: {r.transfers_per_s:,.0f} transfers/s over {r.window_s:.1f} s{drained}; {r.posted:,} posted;"
                 f" mean batch {r.batch_p50:,.0f} records; outbox backlog at end {r.outbox_backlog:,}; {r.verified}")
+            out(f"  {fmt_cpu_us(r.cpu_us, 25_000)}")
         lat = await latency(infra, legs, queries)
         out(f"as-of balance over {lat['rows']:,} journal rows: p50 {lat['asof_p50']:.2f} ms, p99 {lat['asof_p99']:.2f} ms"
             f" ({lat['asof_n']} queries via HTTP in process, {lat['checked']} answers checked)")
