@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-e2e bench-feedback bench-payments whatif docs test-faults clean help
+.PHONY: install demo up test test-unit test-integration test-e2e bench bench-ledger bench-e2e bench-feedback bench-payments bench-outbox whatif docs test-faults clean help
 
 help:
 	@echo "make demo   - install, start Kafka + PostgreSQL + 3 services, run a scripted month, print balances, stop"
@@ -55,6 +55,9 @@ bench-feedback: install
 
 bench-payments: install
 	$(BIN)/python -m bench.payments $(ARGS)
+
+bench-outbox: install
+	$(BIN)/python -m bench.outbox $(ARGS)
 
 test-faults: install
 	$(call run_pytest,tests/faults -s -p no:logging)
