@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -16,6 +18,7 @@ from shared.auth import principal_of
 from shared.http import PROBLEM_RESPONSES, Problem, problem
 from shared.logging import correlation_id_var
 from shared.outbox import enqueue
+from shared.service import BATCH_RACE_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -123,38 +126,92 @@ async def submit(
     return AcceptedView(**accepted.__dict__)
 
 
-async def _store_batch(conn: asyncpg.Connection, valid: list[tuple[int, domain.Submission]], keys: domain.Keyring,
-                       cid: str, *, savepoints: bool) -> dict[int, BatchItemResult]:
-    """Store a batch's valid items in the caller's transaction: one query for the duplicate check,
-    one outbox insert at the end. With ``savepoints`` each item runs in its own savepoint and a
-    database error fails only that item."""
+Valid = list[tuple[int, domain.Submission]]  # (index in the request body, submission)
+
+
+def _stored(i: int, sub: domain.Submission, outcome: store.Accepted | store.Conflict) -> BatchItemResult:
+    """An item's result from what the store made of it."""
+    if isinstance(outcome, store.Conflict):
+        return BatchItemResult(index=i, submission_id=sub.submission_id, outcome="conflict", status=409, detail=str(outcome))
+    return BatchItemResult(index=i, submission_id=sub.submission_id, outcome=outcome.status,
+                           status=202 if outcome.status == "created" else 200, result=AcceptedView(**outcome.__dict__))
+
+
+async def _store_set_based(conn: asyncpg.Connection, valid: Valid, keys: domain.Keyring, cid: str) -> dict[int, BatchItemResult]:
+    """Store a batch's valid items in the caller's transaction with ``store.accept_batch`` (a few
+    statements for the whole batch; items in batch order, each with its own ``received_at``)."""
+    items = [store.Incoming(sub, cid) for _, sub in valid]
+    outcomes = await store.accept_batch(conn, items, keys=keys, channel="http-batch")
+    return {i: _stored(i, sub, outcome) for (i, sub), outcome in zip(valid, outcomes)}
+
+
+async def _store_item_by_item(conn: asyncpg.Connection, valid: Valid, keys: domain.Keyring,
+                              cid: str) -> dict[int, BatchItemResult]:
+    """Store a batch's valid items in the caller's transaction, each in its own savepoint, so an item
+    that fails in the database fails alone (outcome ``error``) and the others are stored."""
     stored: dict[int, BatchItemResult] = {}
     rows: list[tuple[str, bytes, bytes, str]] = []
     known = await store.known_submissions(conn, [sub.submission_id for _, sub in valid])
-    for i, sub in valid:
+    # All the batch's locks first, then one clock: received_at in batch order, as on the set path.
+    base = await store.lock_batch(conn, [sub for _, sub in valid], keys)
+    for n, (i, sub) in enumerate(valid):
+        mine: list[tuple[str, bytes, bytes, str]] = []
         try:
-            if savepoints:
-                mine: list[tuple[str, bytes, bytes, str]] = []
-                async with conn.transaction():
-                    a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid,
-                                           known=known, outbox=mine)
-                rows.extend(mine)
-            else:
-                a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid,
-                                       known=known, outbox=rows)
-            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome=a.status,
-                                        status=202 if a.status == "created" else 200, result=AcceptedView(**a.__dict__))
+            async with conn.transaction():
+                a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid, known=known,
+                                       outbox=mine, received_at=base + timedelta(microseconds=n))
         except store.Conflict as exc:
-            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome="conflict", status=409,
-                                        detail=str(exc))
+            stored[i] = _stored(i, sub, exc)
+            continue
         except asyncpg.PostgresError as exc:
-            if not savepoints or isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
-                raise
+            if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+                raise  # the whole transaction is lost: the caller runs it again
             # The message may quote stored values: report the SQLSTATE only.
             stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome="error", status=500,
                                         detail=f"could not be stored (SQLSTATE {exc.sqlstate}); retry this item")
+            continue
+        rows.extend(mine)
+        stored[i] = _stored(i, sub, a)
     await enqueue(conn, rows)
     return stored
+
+
+StoreFn = Callable[[asyncpg.Connection, Valid, domain.Keyring, str], Awaitable[dict[int, BatchItemResult]]]
+
+
+async def _in_transaction(pool: asyncpg.Pool, how: StoreFn, valid: Valid, keys: domain.Keyring,
+                          cid: str) -> dict[int, BatchItemResult]:
+    """Run ``how`` in one transaction, again on a deadlock (up to BATCH_DEADLOCK_RETRIES tries)."""
+    for attempt in range(1, BATCH_DEADLOCK_RETRIES + 1):
+        try:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    return await how(conn, valid, keys, cid)
+        except asyncpg.DeadlockDetectedError:
+            if attempt >= BATCH_DEADLOCK_RETRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def _store_valid(pool: asyncpg.Pool, valid: Valid, keys: domain.Keyring, cid: str) -> dict[int, BatchItemResult]:
+    """Store the valid items: set-based, else (nothing of the batch committed) item by item."""
+    for _ in range(BATCH_RACE_RETRIES):
+        try:
+            return await _in_transaction(pool, _store_set_based, valid, keys, cid)
+        except store.Raced as exc:
+            # Another request or the intake stored one of these ids meanwhile: the next pass sees
+            # it (a duplicate or a conflict). Item by item, accept settles such races itself.
+            log.info("batch met a concurrent insert (%s); running it again", exc)
+        except asyncpg.DeadlockDetectedError:
+            raise  # already tried BATCH_DEADLOCK_RETRIES times: not one item's fault
+        except asyncpg.PostgresError as exc:
+            # One item failed in the database (not validation): nothing was committed. Store the
+            # batch again with a savepoint per item so that item is reported and the rest stored.
+            # (SQLSTATE only: the message may quote submitted values.)
+            log.warning("batch failed in the database (SQLSTATE %s); storing it again item by item", exc.sqlstate)
+            return await _in_transaction(pool, _store_item_by_item, valid, keys, cid)
+    log.warning("batch kept meeting concurrent inserts; storing it item by item")
+    return await _in_transaction(pool, _store_item_by_item, valid, keys, cid)
 
 
 @router.post("/submissions/batch", response_model=BatchResult, tags=["submissions"],
@@ -166,6 +223,9 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
     not block the others. Should an item fail in the database, the batch is stored again with a
     savepoint per item, so only that item fails (outcome ``error``).
     """
+    # (This docstring is the route's OpenAPI description.) Items are stored in array order, each
+    # with its own received_at: of two answers for one episode, the earlier in the array is the
+    # first answer, as if they had been sent one request each in that order.
     limit = request.app.state.runtime.settings.batch_max_items
     if not isinstance(body, list):
         raise Problem(422, "Invalid request", "body must be a JSON array of submissions",
@@ -174,7 +234,7 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
         raise Problem(422, "Invalid request", f"a batch holds 1 to {limit} submissions, not {len(body)}",
                       errors=[{"field": "(body)", "message": f"must hold 1 to {limit} items"}])
     results: dict[int, BatchItemResult] = {}
-    valid: list[tuple[int, domain.Submission]] = []
+    valid: Valid = []
     for i, raw in enumerate(body):
         sid = raw.get("submission_id") if isinstance(raw, dict) else None
         sid = sid if isinstance(sid, str) and len(sid) <= 100 else None
@@ -183,27 +243,9 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
         except Problem as p:
             results[i] = BatchItemResult(index=i, submission_id=sid, outcome="invalid", status=422, detail=p.detail,
                                          errors=p.extra.get("errors"))
-    rt = request.app.state.runtime
-    keys = request.app.state.keyring
-    cid = correlation_id_var.get() or str(uuid.uuid4())
-    savepoints = False
-    for attempt in range(1, BATCH_DEADLOCK_RETRIES + 2):
-        try:
-            async with rt.pool.acquire() as conn:
-                async with conn.transaction():
-                    stored = await _store_batch(conn, valid, keys, cid, savepoints=savepoints)
-            break
-        except asyncpg.DeadlockDetectedError:
-            if attempt >= BATCH_DEADLOCK_RETRIES:
-                raise
-        except asyncpg.PostgresError:
-            if savepoints:
-                raise
-            # One item failed in the database (not validation): nothing was committed. Store the
-            # batch again with a savepoint per item so that item is reported and the rest stored.
-            log.warning("batch item failed in the database; storing the batch again item by item")
-            savepoints = True
-    results.update(stored)
+    if valid:
+        cid = correlation_id_var.get() or str(uuid.uuid4())
+        results.update(await _store_valid(request.app.state.runtime.pool, valid, request.app.state.keyring, cid))
     items = [results[i] for i in range(len(body))]
     ok = sum(1 for it in items if it.outcome in ("created", "duplicate"))
     return BatchResult(accepted=ok, rejected=len(items) - ok, items=items)

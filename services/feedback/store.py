@@ -68,10 +68,42 @@ async def _prior(conn: asyncpg.Connection, sub: domain.Submission, keys: domain.
     return Accepted(sub.submission_id, "duplicate", prior["is_amendment"], json.loads(prior["scores"]))
 
 
+def lock_name(sub: domain.Submission, pseudonym: str) -> str | None:
+    """The advisory lock that serialises "first answer" for this submission: its episode for a
+    decision-bearing answer, its patient, instrument and procedure for a paired PROM; else None."""
+    if sub.answers.instrument in DECISION_INSTRUMENTS:
+        return sub.episode_id
+    pair_key = domain.prom_pair_key(sub.answers)
+    if pair_key is not None:
+        instrument, procedure, _timing = pair_key
+        return f"{pseudonym}:{instrument}:{procedure}"
+    return None
+
+
+async def _lock_all(conn: asyncpg.Connection, names: set[str]) -> datetime:
+    """Take these advisory locks (held to the end of the transaction) in sorted order, so two
+    batches never wait on each other in a cycle; the clock once they are all held."""
+    return await conn.fetchval(
+        "SELECT clock_timestamp() FROM (SELECT count(pg_advisory_xact_lock(hashtext(k))) FROM unnest($1::text[]) AS k) l",
+        sorted(names),
+    )
+
+
+async def lock_batch(conn: asyncpg.Connection, subs: list[domain.Submission], keys: domain.Keyring) -> datetime:
+    """The locks :func:`accept` would take for each of ``subs``, all at once; the clock once held.
+
+    A caller storing several submissions with :func:`accept` in one transaction passes
+    ``received_at`` = this clock + n microseconds for the n-th, so they are ordered as given and
+    stay before any later transaction's rows (as :func:`accept_batch` does)."""
+    names = {name for sub in subs if (name := lock_name(sub, keys.pseudonym(sub.nhs_number))) is not None}
+    return await _lock_all(conn, names)
+
+
 async def accept(
     conn: asyncpg.Connection, sub: domain.Submission, *, keys: domain.Keyring, channel: str,
     correlation_id: str, causation_id: str | None = None,
     known: dict[str, asyncpg.Record] | None = None, outbox: list[tuple[str, bytes, bytes, str]] | None = None,
+    received_at: datetime | None = None,
 ) -> Accepted:
     """Store the submission and its event in the caller's transaction. Idempotent on submission_id.
 
@@ -81,8 +113,10 @@ async def accept(
     - PROMs: the first pre_op and first post_op per patient, instrument and procedure are paired
       (``prom_pairs``) and the health gain is returned in ``scores``; later ones are amendments.
 
-    Batches pass ``known`` (prefetched rows, see :func:`known_submissions`) and ``outbox`` (a list
-    the event row is appended to, for the caller to enqueue before committing).
+    Batches pass ``known`` (prefetched rows, see :func:`known_submissions`), ``outbox`` (a list
+    the event row is appended to, for the caller to enqueue before committing) and ``received_at``
+    (from :func:`lock_batch`, so items of one transaction are ordered; default: the transaction's
+    start time).
     """
     prior = await _prior(conn, sub, keys, known)
     if prior is not None:
@@ -98,7 +132,7 @@ async def accept(
     counterpart: asyncpg.Record | None = None
     if answers.instrument in DECISION_INSTRUMENTS:
         # Serialise answers for one episode so "first answer decides" is well defined.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", sub.episode_id)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_name(sub, pseudonym))
         first = await conn.fetchval(
             "SELECT submission_id FROM submissions WHERE episode_id = $1 AND patient_pseudonym = ANY($2::text[])"
             " AND instrument = ANY($3::text[]) AND NOT is_amendment ORDER BY received_at, submission_id LIMIT 1",
@@ -109,7 +143,7 @@ async def accept(
             amends = amends or first
     elif pair_key is not None:
         instrument, procedure, timing = pair_key
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{pseudonym}:{instrument}:{procedure}")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_name(sub, pseudonym))
         first = await conn.fetchval(
             "SELECT submission_id FROM submissions WHERE patient_pseudonym = ANY($1::text[]) AND instrument = $2"
             " AND procedure = $3 AND timing = $4 AND NOT is_amendment ORDER BY received_at, submission_id LIMIT 1",
@@ -135,11 +169,12 @@ async def accept(
             scores = {**scores, "health_gain": pair.health_gain, "paired_with": counterpart["submission_id"]}
     inserted = await conn.fetchval(
         "INSERT INTO submissions(submission_id, episode_id, provider_code, patient_pseudonym, pseudonym_key_id, instrument,"
-        " answers, scores, free_text, authored_at, channel, content_hash, amends_submission_id, is_amendment, procedure, timing)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7::jsonb,$8::jsonb,$9,$10,$11,$12,$13,$14,$15,$16) ON CONFLICT DO NOTHING RETURNING 1",
+        " answers, scores, free_text, authored_at, channel, content_hash, amends_submission_id, is_amendment, procedure, timing,"
+        " received_at) VALUES ($1,$2,$3,$4,$5,$6,$7::jsonb,$8::jsonb,$9,$10,$11,$12,$13,$14,$15,$16,"
+        " coalesce($17::timestamptz, now())) ON CONFLICT DO NOTHING RETURNING 1",
         sub.submission_id, sub.episode_id, sub.provider_code, pseudonym, keys.current_id, answers.instrument,
         answers.model_dump_json(), json.dumps(scores), sub.free_text, sub.authored_at, channel, digest,
-        amends, is_amendment, pair_key[1] if pair_key else None, pair_key[2] if pair_key else None,
+        amends, is_amendment, pair_key[1] if pair_key else None, pair_key[2] if pair_key else None, received_at,
     )
     if not inserted:  # a concurrent request with the same id won the race
         again = await _prior(conn, sub, keys)
@@ -315,19 +350,17 @@ async def _store_new(conn: asyncpg.Connection, new: list[tuple[int, Incoming, _N
         sub = row.sub
         if row.pseudonym not in aliases:
             aliases[row.pseudonym] = keys.all_pseudonyms(sub.nhs_number)
+        name = lock_name(sub, row.pseudonym)
+        if name is not None:
+            locks.add(name)
         if sub.answers.instrument in DECISION_INSTRUMENTS:
-            locks.add(sub.episode_id)
             decision_keys.setdefault((sub.episode_id, row.pseudonym), len(decision_keys))
         elif row.pair_key is not None:
             instrument, procedure, _timing = row.pair_key
-            locks.add(f"{row.pseudonym}:{instrument}:{procedure}")
             for timing in ("pre_op", "post_op"):
                 prom_keys.setdefault((row.pseudonym, instrument, procedure, timing), len(prom_keys))
     # Held to the end of the transaction, like accept's; the clock is read once they are all held.
-    base: datetime = await conn.fetchval(
-        "SELECT clock_timestamp() FROM (SELECT count(pg_advisory_xact_lock(hashtext(k))) FROM unnest($1::text[]) AS k) l",
-        sorted(locks),
-    )
+    base = await _lock_all(conn, locks)
     first_decision: dict[tuple[str, str], str] = {}
     if decision_keys:
         g, ep, ps = [], [], []

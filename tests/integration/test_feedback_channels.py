@@ -515,19 +515,20 @@ async def test_no_nhs_number_in_database_events_or_logs(settings, kafka_bootstra
     assert "spotless" not in published  # free text stays in the store
 
 
-async def test_batch_item_failing_in_the_database_fails_alone(settings, monkeypatch) -> None:
-    """A database error in one item (simulated) rolls back the fast path; the batch is stored
-    again with a savepoint per item, so only that item fails."""
-    from services.feedback import store
+async def test_batch_item_failing_in_the_database_fails_alone(settings) -> None:
+    """A database error in one item (a trigger that fails for it) rolls back the set-based path;
+    the batch is stored again with a savepoint per item, so only that item fails."""
+    from shared.db import migrate
 
-    real_accept = store.accept
-
-    async def accept(conn, sub, **kw):  # type: ignore[no-untyped-def]
-        if sub.submission_id.endswith("-boom"):
-            await conn.execute("SELECT 1 / 0")
-        return await real_accept(conn, sub, **kw)
-
-    monkeypatch.setattr(store, "accept", accept)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(conn, "shared", "services.feedback")
+        await conn.execute(
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.submission_id LIKE '%-boom' THEN PERFORM 1 / 0; END IF; RETURN NEW; END $$;"
+            " CREATE TRIGGER boom BEFORE INSERT ON submissions FOR EACH ROW EXECUTE FUNCTION boom()")
+    finally:
+        await conn.close()
     run = uuid.uuid4().hex[:6]
     async with running(create_app(settings)) as http:
         r = await http.post("/v1/submissions/batch", json=[
