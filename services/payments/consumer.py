@@ -140,12 +140,14 @@ class EpisodeEvents:
             return
         # Committed. Counters move now, and only for new payments (a redelivery finds duplicates).
         handled: Counter[str] = Counter()
+        accepted: list[tuple[store.Accepted, int, str | None]] = []
         for (i, raw, env), outcome in zip(payments, outcomes):
             if isinstance(outcome, store.Accepted):
-                metrics.payment_accepted(outcome, env.data.amount_pence, rt.reference.region_of_provider(env.data.provider_code))
+                accepted.append((outcome, env.data.amount_pence, rt.reference.region_of_provider(env.data.provider_code)))
                 handled[raw.topic] += 1
             else:
                 dead.append((i, raw, str(outcome), "rejected"))
+        metrics.payments_accepted(accepted)
         for _, raw, _ in answers:
             handled[raw.topic] += 1
         await rt.finish_batch(records, handled, dead, DLQ)

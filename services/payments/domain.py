@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from services.payments.schemes import CHOICE_RELEASE_BPS, Scheme, SchemeBook
-from shared.contracts import FftAnswer, Leg, PatientChoice, PaymentRequested, TransferCause, TransferRequested
+from shared.contracts import (
+    FftAnswer, Leg, PatientChoice, PaymentRequested, TransferCause, TransferKind, TransferRequested,
+)
 from shared.money import BPS_WHOLE, bps_of, check, split_largest_remainder
 from shared.reference import ReferenceData
 
@@ -140,32 +142,67 @@ def _cause(e: Episode, kind: str, **extra: object) -> TransferCause:
     )
 
 
-def payment_transfers(e: Episode) -> tuple[TransferRequested, ...]:
-    """The ledger transfers that accept a payment: pay the part not at risk, hold the rest."""
-    paid_now = e.amount_pence - e.at_risk_pence
+class PlannedTransfer(NamedTuple):
+    """A ledger transfer that accepting a payment asks for, in plain values.
+
+    The consumer's hot path plans every payment's transfers and serialises them by hand
+    (``outbox_rows``): building the ``TransferRequested`` models (legs, cause, the model
+    validator) cost about as much as the rest of accepting a payment. ``request()`` gives the
+    validated contract model; a test checks both serialise to the same event.
+    """
+
+    transfer_id: str
+    kind: TransferKind
+    legs: tuple[tuple[str, int], ...]  # (account id, amount in pence: + credit, - debit)
+    cause_kind: Literal["payment", "payment_hold"]
+    episode: Episode
+
+    def request(self) -> TransferRequested:
+        """The same transfer as a validated contract model (what the ledger will parse)."""
+        return TransferRequested(
+            transfer_id=self.transfer_id, kind=self.kind, ordering_key=self.episode.payment_id,
+            legs=tuple(Leg(account_id=account, amount_pence=pence) for account, pence in self.legs),
+            cause=_cause(self.episode, self.cause_kind),
+        )
+
+
+def _planned(transfer_id: str, kind: TransferKind, legs: tuple[tuple[str, int], ...],
+             cause_kind: Literal["payment", "payment_hold"], e: Episode) -> PlannedTransfer:
+    # The checks the contract's validator would make on these legs, kept cheap: the pure core
+    # never plans an unbalanced entry or a zero leg, even though no model validates it here.
+    check(len(legs) >= 2, f"{transfer_id}: a {kind} transfer needs at least two legs")
+    check(sum(pence for _, pence in legs) == 0, f"{transfer_id}: legs must sum to zero")
+    check(all(pence for _, pence in legs), f"{transfer_id}: a leg must move a non-zero amount")
+    return PlannedTransfer(transfer_id, kind, legs, cause_kind, e)
+
+
+def payment_plan(e: Episode) -> tuple[PlannedTransfer, ...]:
+    """The ledger transfers that accept a payment, as plain values: pay the part not at risk at
+    once, hold the rest. Every id and code in them was validated on the way in (the request's
+    contract and the reference data), so no model re-validates them here."""
+    check(0 <= e.at_risk_pence <= e.amount_pence, "at risk within the amount")
+    paid_now_pence = e.amount_pence - e.at_risk_pence
     commissioner, provider = commissioner_account(e.commissioner_code), provider_account(e.provider_code)
     if e.hold_model == "held_account":
-        legs = [Leg(account_id=commissioner, amount_pence=-e.amount_pence)]
-        if paid_now:
-            legs.append(Leg(account_id=provider, amount_pence=paid_now))
+        legs = [(commissioner, -e.amount_pence)]
+        if paid_now_pence:
+            legs.append((provider, paid_now_pence))
         if e.at_risk_pence:
-            legs.append(Leg(account_id=held_account(e.provider_code), amount_pence=e.at_risk_pence))
-        return (TransferRequested(transfer_id=hold_transfer_id(e.payment_id), legs=tuple(legs),
-                                  ordering_key=e.payment_id, cause=_cause(e, "payment_hold")),)
+            legs.append((held_account(e.provider_code), e.at_risk_pence))
+        return (_planned(hold_transfer_id(e.payment_id), "posted", tuple(legs), "payment_hold", e),)
     out = []
-    if paid_now:
-        out.append(TransferRequested(
-            transfer_id=pay_transfer_id(e.payment_id), ordering_key=e.payment_id, cause=_cause(e, "payment"),
-            legs=(Leg(account_id=commissioner, amount_pence=-paid_now), Leg(account_id=provider, amount_pence=paid_now)),
-        ))
+    if paid_now_pence:
+        out.append(_planned(pay_transfer_id(e.payment_id), "posted",
+                            ((commissioner, -paid_now_pence), (provider, paid_now_pence)), "payment", e))
     if e.at_risk_pence:
-        out.append(TransferRequested(
-            transfer_id=hold_transfer_id(e.payment_id), kind="pending", ordering_key=e.payment_id,
-            cause=_cause(e, "payment_hold"),
-            legs=(Leg(account_id=commissioner, amount_pence=-e.at_risk_pence),
-                  Leg(account_id=provider, amount_pence=e.at_risk_pence)),
-        ))
+        out.append(_planned(hold_transfer_id(e.payment_id), "pending",
+                            ((commissioner, -e.at_risk_pence), (provider, e.at_risk_pence)), "payment_hold", e))
     return tuple(out)
+
+
+def payment_transfers(e: Episode) -> tuple[TransferRequested, ...]:
+    """The ledger transfers that accept a payment, as validated contract models."""
+    return tuple(p.request() for p in payment_plan(e))
 
 
 class InputError(ValueError):

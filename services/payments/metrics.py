@@ -15,6 +15,7 @@ Invariant per region (over the life of one process): held = released + diverted 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -58,6 +59,24 @@ def payment_accepted(accepted: Any, amount_pence: int, region_code: str | None) 
     BILLED.labels(region).inc(amount_pence)
     if accepted.at_risk_pence:
         HELD.labels(region).inc(accepted.at_risk_pence)
+
+
+def payments_accepted(accepted: Iterable[tuple[Any, int, str | None]]) -> None:
+    """payment_accepted for a committed batch of (outcome, amount_pence, region_code): the same
+    totals, one increment per region instead of two label lookups and increments per payment."""
+    billed_pence: dict[str, int] = {}
+    held_pence: dict[str, int] = {}
+    for outcome, amount_pence, region_code in accepted:
+        if outcome.status != "created":
+            continue
+        region = region_label(region_code)
+        billed_pence[region] = billed_pence.get(region, 0) + amount_pence
+        if outcome.at_risk_pence:
+            held_pence[region] = held_pence.get(region, 0) + outcome.at_risk_pence
+    for region, pence in billed_pence.items():
+        BILLED.labels(region).inc(pence)
+    for region, pence in held_pence.items():
+        HELD.labels(region).inc(pence)
 
 
 def settlement_run(trigger: str) -> None:

@@ -14,16 +14,15 @@ from typing import Any, Literal
 
 import asyncpg
 
-from services.payments import domain, metrics
+from services.payments import domain, metrics, outbox_rows
 from services.payments.domain import InputError  # re-exported: api and consumer catch store.InputError
 from services.payments.schemes import Scheme, SchemeBook
-from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested, envelope
-from shared.outbox import enqueue, outbox_row
+from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested
+from shared.outbox import enqueue
 from shared.money import check
 from shared.reference import ReferenceData
-from shared.topics import LEDGER_TRANSFER_REQUESTS
 
-PRODUCER = "payments"
+PRODUCER = outbox_rows.PRODUCER
 
 
 class Conflict(ValueError):
@@ -47,25 +46,40 @@ def request_fingerprint(req: PaymentRequested) -> str:
     return hashlib.sha256(req.model_dump_json().encode()).hexdigest()
 
 
-def _transfer_rows(transfers: list[tuple[TransferRequested, str]], correlation_id: str, causation_id: str | None):  # type: ignore[no-untyped-def]
-    for transfer, _episode in transfers:
-        env = envelope(transfer, "ledger.transfer-requested.v1", producer=PRODUCER,
-                       correlation_id=correlation_id, causation_id=causation_id)
-        # Keyed by ordering_key (the payment id): a pending hold and the transfer that posts or
-        # voids it land on one partition, in order.
-        yield outbox_row(LEDGER_TRANSFER_REQUESTS.name, transfer.key, env)
+async def _track_transfers(conn: asyncpg.Connection, rows: list[tuple[str, str, str]]) -> None:
+    """Remember each requested transfer (transfer_id, episode_id, cause kind) to follow its fate."""
+    await conn.execute(
+        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+    )
 
 
 async def _request_transfers(conn: asyncpg.Connection, transfers: list[tuple[TransferRequested, str]],
                              correlation_id: str, causation_id: str | None) -> None:
+    """Track and enqueue transfers built as contract models (settlement, appeals). Each row is
+    keyed by the transfer's ordering key (the payment id): a pending hold and the transfer that
+    posts or voids it land on one partition, in order."""
     if not transfers:
         return
-    await conn.execute(
-        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-        [t.transfer_id for t, _ in transfers], [episode for _, episode in transfers], [t.cause.kind for t, _ in transfers],
-    )
-    await enqueue(conn, _transfer_rows(transfers, correlation_id, causation_id))
+    await _track_transfers(conn, [(t.transfer_id, episode, t.cause.kind) for t, episode in transfers])
+    occurred_at = outbox_rows.occurred_now()
+    await enqueue(conn, [
+        outbox_rows.contract_row(t, correlation_id=correlation_id, causation_id=causation_id, event_id=event_id,
+                                 occurred_at=occurred_at)
+        for (t, _), event_id in zip(transfers, outbox_rows.event_ids(len(transfers)))
+    ])
+
+
+async def _request_planned(conn: asyncpg.Connection, plan: tuple[domain.PlannedTransfer, ...],
+                           correlation_id: str, causation_id: str | None) -> None:
+    """Track and enqueue one payment's planned transfers (accept_payment, one event)."""
+    if not plan:
+        return
+    await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in plan])
+    await enqueue(conn, outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=causation_id,
+                                                 event_ids=outbox_rows.event_ids(len(plan)),
+                                                 occurred_at=outbox_rows.occurred_now()))
 
 
 async def accept_payment(
@@ -74,7 +88,7 @@ async def accept_payment(
 ) -> Accepted:
     """Idempotent on payment_id and episode_id. Caller provides the transaction."""
     episode = domain.episode_for_request(req, book=book, ref=ref, hold_model=hold_model)
-    transfers = domain.payment_transfers(episode)
+    plan = domain.payment_plan(episode)
     fp = request_fingerprint(req)
     status = "held" if episode.at_risk_pence else "paid_in_full"
     inserted = await conn.fetchval(
@@ -97,10 +111,10 @@ async def accept_payment(
         if known.fingerprint != fp:
             raise known.conflict(req.model_dump_json())
         return known.duplicate(req)
-    await _request_transfers(conn, [(t, req.episode_id) for t in transfers], correlation_id, causation_id)
+    await _request_planned(conn, plan, correlation_id, causation_id)
     return Accepted(req.payment_id, req.episode_id, "created", status, episode.at_risk_pence,
-                    episode.scheme_id, episode.scheme_version, transfers[-1].transfer_id,
-                    tuple(t.transfer_id for t in transfers))
+                    episode.scheme_id, episode.scheme_version, plan[-1].transfer_id,
+                    tuple(p.transfer_id for p in plan))
 
 
 async def record_answer(conn: asyncpg.Connection, fb: FeedbackReceived) -> bool:
@@ -174,7 +188,7 @@ class _Known:
         ids = self.transfer_ids
         if ids is None:
             assert self.row is not None
-            ids = tuple(t.transfer_id for t in domain.payment_transfers(_episode(self.row)))
+            ids = tuple(p.transfer_id for p in domain.payment_plan(_episode(self.row)))
         return Accepted(req.payment_id, req.episode_id, "duplicate", self.status, self.at_risk_pence, self.scheme_id,
                         self.scheme_version, ids[-1], ids)
 
@@ -233,7 +247,7 @@ async def accept_payments(
         return None
 
     outcomes: list[Accepted | InputError | Conflict] = []
-    new: list[tuple[PaymentItem, domain.Episode, str, str, str, tuple[TransferRequested, ...]]] = []
+    new: list[tuple[PaymentItem, domain.Episode, str, str, str, tuple[domain.PlannedTransfer, ...]]] = []
     for item, prep in zip(items, prepared):
         if isinstance(prep, InputError):
             outcomes.append(prep)
@@ -244,19 +258,19 @@ async def accept_payments(
         if prior is not None:
             outcomes.append(prior.duplicate(req) if prior.fingerprint == fp else prior.conflict(request_json))
             continue
-        transfers = domain.payment_transfers(episode)
+        plan = domain.payment_plan(episode)
         status = "held" if episode.at_risk_pence else "paid_in_full"
-        ids = tuple(t.transfer_id for t in transfers)
+        ids = tuple(p.transfer_id for p in plan)
         known = _Known(req.payment_id, req.episode_id, fp, request_json, status, episode.at_risk_pence,
                        episode.scheme_id, episode.scheme_version, ids)
         known_payment[req.payment_id] = known_episode[req.episode_id] = known
-        new.append((item, episode, fp, request_json, status, transfers))
+        new.append((item, episode, fp, request_json, status, plan))
         outcomes.append(Accepted(req.payment_id, req.episode_id, "created", status, episode.at_risk_pence,
                                  episode.scheme_id, episode.scheme_version, ids[-1], ids))
     if not new:
         return outcomes
     columns: list[list[Any]] = [[] for _ in range(17)]
-    for item, episode, fp, request_json, status, _transfers in new:
+    for item, episode, fp, request_json, status, _plan in new:
         req = item.request
         for col, value in zip(columns, (
             req.episode_id, req.payment_id, req.commissioner_code, req.provider_code, episode.region_code,
@@ -267,16 +281,24 @@ async def accept_payments(
     inserted = await conn.fetch(_INSERT_EPISODES, *columns)
     if len(inserted) != len(new):
         raise Raced(f"{len(new) - len(inserted)} of {len(new)} episodes were inserted by another writer meanwhile")
-    ledger_rows = [(t.transfer_id, item.request.episode_id, t.cause.kind) for item, *_, ts in new for t in ts]
-    await conn.execute(
-        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-        [r[0] for r in ledger_rows], [r[1] for r in ledger_rows], [r[2] for r in ledger_rows],
-    )
-    outbox = [row for item, *_, ts in new
-              for row in _transfer_rows([(t, item.request.episode_id) for t in ts], item.correlation_id, item.causation_id)]
-    await conn.copy_records_to_table("outbox", records=outbox, columns=["topic", "key", "payload", "headers"])
+    await _track_transfers(conn, [(p.transfer_id, item.request.episode_id, p.cause_kind)
+                                  for item, *_, plan in new for p in plan])
+    await conn.copy_records_to_table("outbox", records=_batch_rows(new), columns=["topic", "key", "payload", "headers"])
     return outcomes
+
+
+def _batch_rows(new: list[tuple[PaymentItem, domain.Episode, str, str, str, tuple[domain.PlannedTransfer, ...]]]
+                ) -> list[outbox_rows.Row]:
+    """The outbox rows of a batch's new payments, in order: event ids from one draw for the
+    batch, one occurred_at (the batch commits as one)."""
+    ids = outbox_rows.event_ids(sum(len(plan) for *_, plan in new))
+    occurred_at = outbox_rows.occurred_now()
+    rows: list[outbox_rows.Row] = []
+    for item, *_, plan in new:
+        start = len(rows)
+        rows += outbox_rows.planned_rows(plan, correlation_id=item.correlation_id, causation_id=item.causation_id,
+                                         event_ids=ids[start:start + len(plan)], occurred_at=occurred_at)
+    return rows
 
 
 async def record_answers(conn: asyncpg.Connection, answers: list[FeedbackReceived]) -> list[bool]:

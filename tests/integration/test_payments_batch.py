@@ -169,6 +169,39 @@ async def test_accept_payments_gives_what_one_by_one_gives(two_stores, hold_mode
     assert await table_state(batch_conn) == before
 
 
+@pytest.mark.parametrize("hold_model", ["two_phase", "held_account"])
+async def test_stored_outbox_rows_are_the_contract_built_rows(two_stores, hold_model) -> None:
+    """The transfer requests are serialised by hand (services/payments/outbox_rows.py): each
+    stored row, batched or one event at a time, is byte for byte the row the contract builds
+    (Envelope[TransferRequested] of the pure core's transfers, shared.outbox.outbox_row) with
+    the row's own event id and time."""
+    from services.payments import domain
+    from shared.contracts import Envelope, TransferRequested
+    from shared.outbox import outbox_row
+
+    batch_conn, single_conn = two_stores
+    run = f"rows{hold_model[0]}"
+    items = [store.PaymentItem(request(f"p{run}-{i}", f"e{run}-{i}", amount_pence=1_000 + 997 * i), f"c-{run}-{i}",
+                               None if i % 3 == 0 else f"ev-{run}-{i}") for i in range(12)]
+    async with batch_conn.transaction():
+        await store.accept_payments(batch_conn, items, book=BOOK, ref=REF, hold_model=hold_model)  # type: ignore[arg-type]
+    await one_by_one(single_conn, items, hold_model)
+    expected = [(t, it) for it in items
+                for t in domain.payment_transfers(domain.episode_for_request(it.request, book=BOOK, ref=REF,
+                                                                              hold_model=hold_model))]  # type: ignore[arg-type]
+    for conn in (batch_conn, single_conn):
+        rows = await conn.fetch("SELECT topic, key, payload, headers::text AS headers FROM outbox ORDER BY id")
+        assert len(rows) == len(expected)
+        for r, (t, it) in zip(rows, expected):
+            got = Envelope[TransferRequested].model_validate_json(r["payload"])
+            want = Envelope[TransferRequested](event_id=got.event_id, type="ledger.transfer-requested.v1",
+                                               occurred_at=got.occurred_at, correlation_id=it.correlation_id,
+                                               causation_id=it.causation_id, producer="payments", data=t)
+            topic, key, payload, headers = outbox_row(LEDGER_TRANSFER_REQUESTS.name, t.key, want)
+            assert (r["topic"], r["key"], r["payload"]) == (topic, key, payload)
+            assert json.loads(r["headers"]) == json.loads(headers)
+
+
 async def test_record_answers_gives_what_one_by_one_gives(two_stores) -> None:
     batch_conn, single_conn = two_stores
     rng = random.Random(7)
