@@ -27,6 +27,11 @@ timed: the consumer starts while the app is still starting). The relay's rate is
 requests it published, from that same first moment until it had published those of every
 payment handled: the consumer may outrun the relay.
 
+``--settlement`` runs only the settlement phase: a month of episodes (half two-phase, half held
+in ``held:<ODS>``, one answer per three) accepted through the consumer's batch handler, no broker,
+then one timed ``store.run_settlement``; it prints µs per episode and
+``bench=payments-settlement us_per_episode=… episodes_per_s=…``. It has no in-process baseline.
+
 The last line is ``bench=payments events_per_s=… baseline_events_per_s=… relay_per_s=…
 handler_events_per_s=… handler_baseline_events_per_s=…``.
 """

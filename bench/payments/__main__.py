@@ -278,6 +278,62 @@ async def savepoint_batch(rt: Any, records: list[Any]) -> None:
                         await store.record_answer(conn, Envelope[FeedbackReceived].model_validate_json(raw.value).data)
 
 
+async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> tuple[float, str]:
+    """Microseconds per episode of ``store.run_settlement`` on a month of accepted episodes.
+
+    Loads ``episodes`` payment requests (the first half under the two-phase hold model, the
+    rest held in ``held:<ODS>``, so every kind of settlement transfer is written) and their
+    answers (one per three episodes) through the consumer's batch handler, no broker; then
+    settles the period once, timed. Returns (µs per episode, what was checked)."""
+    from types import SimpleNamespace
+
+    from services.payments import consumer, store
+    from services.payments.app import PaymentsRuntime
+    from services.payments.domain import period_of
+    from services.payments.settings import PaymentsSettings
+    from shared import db
+
+    db_name = f"bench_payments_settle_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(infra.postgres_dsn, db_name)
+    try:
+        rt = PaymentsRuntime(PaymentsSettings(database_url=dsn, log_level="WARNING"))
+        rt.pool = await rt.connect_db()
+        try:
+            async with rt.pool.acquire() as conn:
+                await db.migrate(conn, *rt.migrations)
+            events = workload(uuid.uuid4().hex[:6], episodes, random.Random(episodes))
+            records = [SimpleNamespace(topic=t, partition=0, offset=i, key=k, value=v, headers=())
+                       for i, (t, k, v) in enumerate(events)]
+            handler = consumer.EpisodeEvents(rt)
+            half = len(records) // 2
+            for model, part in (("two_phase", records[:half]), ("held_account", records[half:])):
+                rt.hold_model = model
+                for lo in range(0, len(part), batch_max):
+                    await handler.handle_batch(part[lo:lo + batch_max])
+            async with rt.pool.acquire() as conn:
+                await conn.execute("DELETE FROM outbox")  # the payments' own rows: count settlement's alone
+                held = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'held'")
+            t0 = time.perf_counter()
+            reports = await store.run_settlement(rt.pool, rt.book, period=period_of(date.fromisoformat(ACTIVITY)),
+                                                 provider_code=None, run_by="bench", correlation_id="bench-settlement")
+            elapsed = time.perf_counter() - t0
+            async with rt.pool.acquire() as conn:
+                settled = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'settled'")
+                rows = await conn.fetchval("SELECT count(*) FROM outbox")
+                tracked = await conn.fetchval(
+                    "SELECT count(*) FROM ledger_transfers WHERE kind IN ('settlement', 'release', 'diversion')")
+            if settled != held or settled != sum(r["episodes"] for r in reports) or rows != tracked:
+                raise RuntimeError(f"settled {settled} of {held} held episodes; {rows} outbox rows, {tracked} tracked")
+            diverted = sum(r["diverted_pence"] for r in reports)
+            checked = (f"{len(reports)} units, {settled:,} episodes settled, {rows:,} transfer requests,"
+                       f" {diverted:,}p diverted")
+            return elapsed / settled * 1e6, checked
+        finally:
+            await rt.pool.close()
+    finally:
+        await drop_database(infra.postgres_dsn, db_name)
+
+
 async def drop_database(server_dsn: str, name: str) -> None:
     conn = await asyncpg.connect(server_dsn)
     try:
@@ -295,6 +351,12 @@ async def main(args: argparse.Namespace) -> int:
     out(f"bench payments ({'quick' if quick else 'full'}) on {infra.kind}; window {window_s:.0f} s, batches of up to {args.batch:,};"
         f" outbox relay {args.relay}")
     try:
+        if args.settlement:
+            n = args.settlement_episodes or (4_000 if quick else 20_000)
+            us, checked = await run_settlement_phase(infra, episodes=n, batch_max=args.batch)
+            out(f"settlement: {us:,.0f} us per episode, {1e6 / us:,.0f} episodes/s ({checked})")
+            out(f"bench=payments-settlement us_per_episode={us:.1f} episodes_per_s={1e6 / us:.0f}")
+            return 0
         handler = {}
         for mode in ("per-event", "savepoints", "batched"):
             n = args.handler_payments or (3_000 if quick else 30_000)
@@ -331,6 +393,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--handler-payments", type=int, help="payment requests for the handler-only runs (default 30,000, quick 3,000)")
     p.add_argument("--relay", choices=["inline", "external"], default="inline",
                    help="outbox relay in the payments process (the default) or as its own process (PAYMENTS_OUTBOX_RELAY)")
+    p.add_argument("--settlement", action="store_true",
+                   help="only the settlement phase: accept a month of episodes, then time store.run_settlement")
+    p.add_argument("--settlement-episodes", type=int, help="episodes to settle (default 20,000, quick 4,000)")
     p.add_argument("--batch", type=int, default=500, help="consumer batch size (PAYMENTS_BATCH_MAX_RECORDS)")
     return p.parse_args(argv)
 

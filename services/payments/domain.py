@@ -142,38 +142,60 @@ def _cause(e: Episode, kind: str, **extra: object) -> TransferCause:
     )
 
 
-class PlannedTransfer(NamedTuple):
-    """A ledger transfer that accepting a payment asks for, in plain values.
+PlannedCause = Literal["payment", "payment_hold", "settlement", "release", "diversion"]
 
-    The consumer's hot path plans every payment's transfers and serialises them by hand
-    (``outbox_rows``): building the ``TransferRequested`` models (legs, cause, the model
-    validator) cost about as much as the rest of accepting a payment. ``request()`` gives the
-    validated contract model; a test checks both serialise to the same event.
+
+class PlannedTransfer(NamedTuple):
+    """A ledger transfer that accepting or settling a payment asks for, in plain values.
+
+    The consumer's hot path and settlement plan every payment's transfers and serialise them by
+    hand (``outbox_rows``): building the ``TransferRequested`` models (legs, cause, the model
+    validator) cost about as much as the rest of accepting a payment, and most of settling one.
+    ``request()`` gives the validated contract model; tests check both serialise to the same
+    event, and that settlement's plan is what ``settlement_transfers`` builds.
     """
 
     transfer_id: str
     kind: TransferKind
     legs: tuple[tuple[str, int], ...]  # (account id, amount in pence: + credit, - debit)
-    cause_kind: Literal["payment", "payment_hold"]
+    cause_kind: PlannedCause
     episode: Episode
+    pending_id: str | None = None  # the pending hold a post_pending / void_pending names
 
     def request(self) -> TransferRequested:
         """The same transfer as a validated contract model (what the ledger will parse)."""
         return TransferRequested(
             transfer_id=self.transfer_id, kind=self.kind, ordering_key=self.episode.payment_id,
             legs=tuple(Leg(account_id=account, amount_pence=pence) for account, pence in self.legs),
-            cause=_cause(self.episode, self.cause_kind),
+            pending_id=self.pending_id, cause=_cause(self.episode, self.cause_kind),
         )
 
 
-def _planned(transfer_id: str, kind: TransferKind, legs: tuple[tuple[str, int], ...],
-             cause_kind: Literal["payment", "payment_hold"], e: Episode) -> PlannedTransfer:
+def _planned(transfer_id: str, kind: TransferKind, legs: tuple[tuple[str, int], ...], cause_kind: PlannedCause,
+             e: Episode, pending_id: str | None = None) -> PlannedTransfer:
     # The checks the contract's validator would make on these legs, kept cheap: the pure core
-    # never plans an unbalanced entry or a zero leg, even though no model validates it here.
-    check(len(legs) >= 2, f"{transfer_id}: a {kind} transfer needs at least two legs")
-    check(sum(pence for _, pence in legs) == 0, f"{transfer_id}: legs must sum to zero")
-    check(all(pence for _, pence in legs), f"{transfer_id}: a leg must move a non-zero amount")
-    return PlannedTransfer(transfer_id, kind, legs, cause_kind, e)
+    # never plans an unbalanced entry, a zero leg or a malformed two-phase step, even though no
+    # model validates it here. The messages are only formatted when a check fails (settlement
+    # plans a million of these a month).
+    amounts = [pence for _, pence in legs]
+    if kind in ("posted", "pending"):
+        shape_ok = len(legs) >= 2 and pending_id is None
+    else:
+        shape_ok = pending_id is not None and (kind == "post_pending" or not legs)
+    if not shape_ok or sum(amounts) or not all(amounts):
+        _refuse_plan(transfer_id, kind, amounts, pending_id)
+    return PlannedTransfer(transfer_id, kind, legs, cause_kind, e, pending_id)
+
+
+def _refuse_plan(transfer_id: str, kind: TransferKind, amounts: list[int], pending_id: str | None) -> None:
+    """Raise the InvariantError naming what is wrong with a planned transfer."""
+    if kind in ("posted", "pending"):
+        check(len(amounts) >= 2 and pending_id is None, f"{transfer_id}: a {kind} transfer needs two legs, no pending id")
+    else:
+        check(pending_id is not None, f"{transfer_id}: a {kind} transfer names its pending transfer")
+        check(kind == "post_pending" or not amounts, f"{transfer_id}: void_pending takes no legs")
+    check(sum(amounts) == 0, f"{transfer_id}: legs must sum to zero")
+    check(all(amounts), f"{transfer_id}: a leg must move a non-zero amount")
 
 
 def payment_plan(e: Episode) -> tuple[PlannedTransfer, ...]:
@@ -266,8 +288,40 @@ def hold(
     return episode, payment_transfers(episode)[0]
 
 
+def settlement_plan(e: Episode, *, released_pence: int, diverted_pence: int) -> tuple[PlannedTransfer, ...]:
+    """The ledger transfers that settle an episode's held amount, as plain values:
+    released + diverted = at risk. ``settlement_transfers`` builds the same as contract models."""
+    check(released_pence >= 0 and diverted_pence >= 0, "settled amounts are non-negative")
+    check(released_pence + diverted_pence == e.at_risk_pence, "held = released + diverted")
+    if not e.at_risk_pence:
+        return ()
+    provider, fund = provider_account(e.provider_code), fund_account(e.region_code)
+    if e.hold_model == "held_account":
+        legs = [(held_account(e.provider_code), -e.at_risk_pence)]
+        if released_pence:
+            legs.append((provider, released_pence))
+        if diverted_pence:
+            legs.append((fund, diverted_pence))
+        return (_planned(settle_transfer_id(e.payment_id), "posted", tuple(legs), "settlement", e),)
+    commissioner = commissioner_account(e.commissioner_code)
+    hold_id, release_id = hold_transfer_id(e.payment_id), release_transfer_id(e.payment_id)
+    if released_pence == e.at_risk_pence:  # posts the pending hold in full
+        release = _planned(release_id, "post_pending", (), "release", e, hold_id)
+    elif released_pence:  # posts part of it; the ledger releases the rest
+        release = _planned(release_id, "post_pending", ((commissioner, -released_pence), (provider, released_pence)),
+                           "release", e, hold_id)
+    else:
+        release = _planned(release_id, "void_pending", (), "release", e, hold_id)
+    if not diverted_pence:
+        return (release,)
+    divert = _planned(divert_transfer_id(e.payment_id), "posted", ((commissioner, -diverted_pence), (fund, diverted_pence)),
+                      "diversion", e)
+    return (release, divert)
+
+
 def settlement_transfers(e: Episode, *, released_pence: int, diverted_pence: int, period: str) -> tuple[TransferRequested, ...]:
-    """The ledger transfers that settle an episode's held amount: released + diverted = at risk."""
+    """The ledger transfers that settle an episode's held amount, as contract models, built
+    independently of ``settlement_plan``: the reference the plan and its rows are tested against."""
     check(released_pence >= 0 and diverted_pence >= 0, "settled amounts are non-negative")
     check(released_pence + diverted_pence == e.at_risk_pence, "held = released + diverted")
     if not e.at_risk_pence:
@@ -382,12 +436,17 @@ class EpisodeSettlement:
     diverted_pence: int
     released_pence: int
     steps: tuple[str, ...]
-    transfers: tuple[TransferRequested, ...]
+    plan: tuple[PlannedTransfer, ...]  # plain values: settlement writes their rows by hand
+
+    @property
+    def transfers(self) -> tuple[TransferRequested, ...]:
+        """The settlement transfers as validated contract models (what-if, explanations)."""
+        return tuple(p.request() for p in self.plan)
 
     @property
     def transfer(self) -> TransferRequested | None:
         """The first (for the held-account model, the only) settlement transfer."""
-        return self.transfers[0] if self.transfers else None
+        return self.plan[0].request() if self.plan else None
 
 
 @dataclass
@@ -434,7 +493,12 @@ def settle(
     check(len({e.episode_id for e in mine}) == len(mine), "one settlement line per episode")
     region = mine[0].region_code if mine else ""
     report = SettlementReport(provider_code, region, period, scheme.key)
-    decisions = [decide(e, answers, scheme) for e in mine]
+    # decide() keeps an episode's own answers; handing it only those makes a unit linear in its
+    # episodes instead of episodes x answers (a big trust has thousands of each a month).
+    answers_of: dict[str, list[Answer]] = {}
+    for a in answers:
+        answers_of.setdefault(a.episode_id, []).append(a)
+    decisions = [decide(e, answers_of.get(e.episode_id, ()), scheme) for e in mine]
     uncapped = [bps_of(e.at_risk_pence, BPS_WHOLE - d.release_bps) for e, d in zip(mine, decisions)]
     report.billed_pence = sum(e.amount_pence for e in mine)
     report.held_pence = sum(e.at_risk_pence for e in mine)
@@ -470,8 +534,8 @@ def settle(
             *steps_common,
             f"released {released}p to {provider_account(e.provider_code)}, diverted {dv}p to {fund_account(e.region_code)}",
         )
-        transfers = settlement_transfers(e, released_pence=released, diverted_pence=dv, period=period)
-        report.lines.append(EpisodeSettlement(e, d, u, dv, released, steps, transfers))
+        plan = settlement_plan(e, released_pence=released, diverted_pence=dv)
+        report.lines.append(EpisodeSettlement(e, d, u, dv, released, steps, plan))
         report.released_pence += released
         report.diverted_pence += dv
     check(report.released_pence + report.diverted_pence == report.held_pence, "held = released + diverted")

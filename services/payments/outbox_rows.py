@@ -1,6 +1,7 @@
 """``ledger.transfer-requested.v1`` outbox rows, serialised by hand.
 
-Accepting a payment writes one or two of these, on the consumer's hot path. Building them
+Accepting a payment writes one or two of these, on the consumer's hot path; settlement one or
+two per episode of the month. Building them
 through the contract (``envelope()`` validating the envelope and the transfer again,
 ``model_dump_json``, ``json.dumps`` of the headers, ``uuid4()`` per event) cost about as much
 CPU as the rest of accepting the payment. These functions write the same row, byte for byte:
@@ -78,8 +79,16 @@ def cause_json(kind: str, *, payment_id: str | None = None, episode_id: str | No
 
 def episode_cause_json(e: Episode, kind: str) -> str:
     """The cause ``domain._cause`` gives a transfer of this episode."""
-    return cause_json(kind, payment_id=e.payment_id, episode_id=e.episode_id, provider_code=e.provider_code,
-                      period=e.period, scheme_id=e.scheme_id, scheme_version=e.scheme_version)
+    return f'{{"kind":{_str(kind)},{_episode_cause_fields(e)}}}'
+
+
+def _episode_cause_fields(e: Episode) -> str:
+    """The cause's fields after ``kind``, the same for every transfer of one episode."""
+    return (
+        f'"payment_id":{_str(e.payment_id)},"episode_id":{_str(e.episode_id)},"provider_code":{_str(e.provider_code)},'
+        f'"period":{_str(e.period)},"scheme_id":{_opt_str(e.scheme_id)},"scheme_version":{_opt_int(e.scheme_version)},'
+        '"settlement_id":null,"appeal_id":null,"note":null'
+    )
 
 
 def transfer_json(transfer_id: str, kind: str, legs: Iterable[tuple[str, int]], cause: str, *,
@@ -123,18 +132,24 @@ def check_trace(correlation_id: str, causation_id: str | None, transfer: Transfe
 
 def planned_rows(plan: Sequence[PlannedTransfer], *, correlation_id: str, causation_id: str | None,
                  event_ids: Sequence[str], occurred_at: str) -> list[Row]:
-    """The rows of one payment's planned transfers (``domain.payment_plan``), one event id each.
+    """The rows of planned transfers (``domain.payment_plan``, ``domain.settlement_plan``; one
+    payment's or a settlement unit's), one event id each, in order.
 
-    Keyed by the payment id (the ordering key): a pending hold and the transfer that later posts
-    or voids it land on one partition, in order."""
+    Each is keyed by its payment id (the ordering key): a pending hold and the transfer that
+    later posts or voids it land on one partition, in order."""
     if not plan:
         return []
     if not _trace_ok(correlation_id, causation_id):
         check_trace(correlation_id, causation_id, plan[0].request())
-    e = plan[0].episode
     rows = []
+    last: Episode | None = None
+    fields = ""
     for p, event_id in zip(plan, event_ids, strict=True):
-        data = transfer_json(p.transfer_id, p.kind, p.legs, episode_cause_json(e, p.cause_kind), ordering_key=e.payment_id)
+        e = p.episode
+        if e is not last:  # an episode's transfers are planned together: its cause fields once
+            last, fields = e, _episode_cause_fields(e)
+        data = transfer_json(p.transfer_id, p.kind, p.legs, f'{{"kind":{_str(p.cause_kind)},{fields}}}',
+                             pending_id=p.pending_id, ordering_key=e.payment_id)
         rows.append(event_row(e.payment_id, data, correlation_id=correlation_id, causation_id=causation_id,
                               event_id=event_id, occurred_at=occurred_at))
     return rows

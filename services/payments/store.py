@@ -367,21 +367,46 @@ def _answer(r: asyncpg.Record) -> domain.Answer:
                          r["fft_answer"], r["patient_choice"])
 
 
+# What settlement reads: not the stored request (a few hundred bytes an episode it never uses).
+_EPISODE_COLUMNS = ("payment_id, episode_id, commissioner_code, provider_code, region_code, service_type,"
+                    " activity_date, amount_pence, at_risk_pence, scheme_id, scheme_version, hold_model")
+_ANSWER_COLUMNS = "submission_id, episode_id, instrument, authored_at, fft_answer, patient_choice"
+
+
+def decision_json(line: domain.EpisodeSettlement) -> str:
+    """The decision an episode row keeps: the decision's fields in order, its steps and the ids
+    of its transfers. ``vars`` instead of ``asdict``: the fields are plain values and tuples of
+    strings, which asdict would only copy, recursively, at a cost per episode."""
+    return json.dumps({**vars(line.decision), "steps": list(line.steps),
+                       "transfer_ids": [p.transfer_id for p in line.plan]}, default=str)
+
+
+async def _request_settlement(conn: asyncpg.Connection, plan: list[domain.PlannedTransfer], correlation_id: str) -> None:
+    """Track and enqueue a unit's planned settlement transfers, rows written by hand, in one
+    COPY (ids in row order, as enqueue gives them: the relay publishes them in that order)."""
+    if not plan:
+        return
+    await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in plan])
+    rows = outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=None,
+                                    event_ids=outbox_rows.event_ids(len(plan)), occurred_at=outbox_rows.occurred_now())
+    await conn.copy_records_to_table("outbox", records=rows, columns=["topic", "key", "payload", "headers"])
+
+
 async def settle_unit(
     conn: asyncpg.Connection, scheme: Scheme, *, provider_code: str, period: str, run_by: str, correlation_id: str,
 ) -> dict[str, Any] | None:
     """Settle one provider-period-scheme unit in the caller's transaction. Idempotent: held
     episodes only, so a second run finds nothing to do and returns None."""
     rows = await conn.fetch(
-        "SELECT * FROM episodes WHERE provider_code = $1 AND period = $2 AND scheme_id = $3 AND scheme_version = $4"
-        " AND status = 'held' ORDER BY episode_id FOR UPDATE",
+        f"SELECT {_EPISODE_COLUMNS} FROM episodes WHERE provider_code = $1 AND period = $2 AND scheme_id = $3"
+        " AND scheme_version = $4 AND status = 'held' ORDER BY episode_id FOR UPDATE",
         provider_code, period, scheme.scheme_id, scheme.version,
     )
     if not rows:
         return None
     episodes = [_episode(r) for r in rows]
     answers = [_answer(r) for r in await conn.fetch(
-        "SELECT * FROM answers WHERE episode_id = ANY($1::text[])", [e.episode_id for e in episodes])]
+        f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE episode_id = ANY($1::text[])", [e.episode_id for e in episodes])]
     base_id = f"{provider_code}:{period}:{scheme.key}"
     earlier = await conn.fetchval("SELECT count(*) FROM settlements WHERE settlement_id LIKE $1", base_id + "%")
     # A period settles once. Episodes that arrive after it closed are released in full in a
@@ -407,12 +432,9 @@ async def settle_unit(
         [line.episode.episode_id for line in lines],
         [line.released_pence for line in lines],
         [line.diverted_pence for line in lines],
-        [json.dumps({**asdict(line.decision), "steps": list(line.steps),
-                     "transfer_ids": [t.transfer_id for t in line.transfers]}, default=str) for line in lines],
+        [decision_json(line) for line in lines],
     )
-    await _request_transfers(
-        conn, [(t, line.episode.episode_id) for line in report.lines for t in line.transfers], correlation_id, None
-    )
+    await _request_settlement(conn, [p for line in lines for p in line.plan], correlation_id)
     return settlement_summary(settlement_id, report)
 
 

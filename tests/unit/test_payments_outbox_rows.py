@@ -192,3 +192,97 @@ def test_planned_rows_property(payment_id: str, episode_id: str, amount: int, at
                                     occurred_at=outbox_rows.stamp(AT))
     for row, p, event_id in zip(rows, plan, ids, strict=True):
         assert_same(row, *reference(p.request(), correlation_id, causation_id, event_id))
+
+
+# -- settlement: planned as plain values, rows by hand (store.settle_unit) ------------------------
+# (released, diverted) of a 10,000p hold: release in full, in part (with a diversion), void (all
+# diverted); and an episode with nothing at risk, which settles with no transfer.
+SPLITS = [(10_000, 0), (4_000, 6_000), (0, 10_000)]
+
+
+@pytest.mark.parametrize("model", domain.HOLD_MODELS)
+@pytest.mark.parametrize("released,diverted", SPLITS)
+def test_settlement_plan_is_what_settlement_transfers_build(model: domain.HoldModel, released: int, diverted: int) -> None:
+    e = ep(model)
+    plan = domain.settlement_plan(e, released_pence=released, diverted_pence=diverted)
+    assert tuple(p.request() for p in plan) == domain.settlement_transfers(
+        e, released_pence=released, diverted_pence=diverted, period=e.period)
+    assert all(p.episode == e for p in plan)
+
+
+def test_settlement_plan_covers_every_settlement_kind() -> None:
+    seen = {(p.kind, p.cause_kind, bool(p.legs), p.pending_id is not None)
+            for model in domain.HOLD_MODELS for released, diverted in SPLITS
+            for p in domain.settlement_plan(ep(model), released_pence=released, diverted_pence=diverted)}
+    assert seen == {
+        ("posted", "settlement", True, False),  # held_account: held -> provider + fund
+        ("post_pending", "release", False, True), ("post_pending", "release", True, True),  # in full, in part
+        ("void_pending", "release", False, True), ("posted", "diversion", True, False),
+    }
+
+
+@pytest.mark.parametrize("model", domain.HOLD_MODELS)
+def test_nothing_at_risk_settles_with_no_transfer(model: domain.HoldModel) -> None:
+    e = ep(model, scheme=SCHEME.model_copy(update={"at_risk_bps": 0}))
+    assert domain.settlement_plan(e, released_pence=0, diverted_pence=0) == ()
+    with pytest.raises(InvariantError):
+        domain.settlement_plan(ep(model), released_pence=1, diverted_pence=1)  # held = released + diverted
+
+
+@pytest.mark.parametrize("correlation_id,causation_id", TRACES)
+def test_settlement_rows_equal_the_contract_rows(correlation_id: str, causation_id: str | None) -> None:
+    """A unit's rows in one call, several payments: each keyed by its own payment id."""
+    episodes = [domain.new_episode(payment_id=f"pay-{i}", episode_id=f"ep-{i}", commissioner_code="QWE",
+                                   provider_code="RJ1", region_code="Y56", service_type="inpatient",
+                                   activity_date=date(2026, 5, 10), amount_pence=100_000, scheme=SCHEME, hold_model=model)
+                for i, model in enumerate(domain.HOLD_MODELS * 3)]
+    plan, reference_transfers = [], []
+    for e, (released, diverted) in zip(episodes, SPLITS * 2):
+        plan += domain.settlement_plan(e, released_pence=released, diverted_pence=diverted)
+        reference_transfers += domain.settlement_transfers(e, released_pence=released, diverted_pence=diverted,
+                                                           period=e.period)
+    ids = outbox_rows.event_ids(len(plan))
+    rows = outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=causation_id, event_ids=ids,
+                                    occurred_at=outbox_rows.stamp(AT))
+    assert len(rows) == len(reference_transfers) == 8
+    for row, t, event_id in zip(rows, reference_transfers, ids, strict=True):
+        assert_same(row, *reference(t, correlation_id, causation_id, event_id))
+        contract = outbox_rows.contract_row(t, correlation_id=correlation_id, causation_id=causation_id,
+                                            event_id=event_id, occurred_at=outbox_rows.stamp(AT))
+        assert row == contract  # what settle_unit wrote before, through the contract
+
+
+def test_planned_two_phase_steps_keep_the_contract_shape() -> None:
+    e = ep()
+    with pytest.raises(InvariantError, match="pending"):
+        domain._planned("release:pay-1", "post_pending", (), "release", e)  # names no pending hold
+    with pytest.raises(InvariantError, match="no legs"):
+        domain._planned("release:pay-1", "void_pending", (("commissioner:QWE", -5), ("provider:RJ1", 5)), "release", e,
+                        "hold:pay-1")
+    with pytest.raises(InvariantError, match="sum to zero"):
+        domain._planned("release:pay-1", "post_pending", (("commissioner:QWE", -5), ("provider:RJ1", 4)), "release", e,
+                        "hold:pay-1")
+    with pytest.raises(InvariantError, match="no pending id"):
+        domain._planned("divert:pay-1", "posted", (("commissioner:QWE", -5), ("fund:Y56", 5)), "diversion", e,
+                        "hold:pay-1")
+
+
+@settings(max_examples=150, deadline=None)
+@given(payment_id=_IDS, episode_id=_IDS, amount=st.integers(1, 10_000_000_000), at_risk_bps=st.integers(0, 10_000),
+       released_share=st.floats(0, 1), model=st.sampled_from(domain.HOLD_MODELS),
+       correlation_id=st.text(min_size=1, max_size=200).filter(lambda s: "\x00" not in s))
+def test_settlement_rows_property(payment_id: str, episode_id: str, amount: int, at_risk_bps: int, released_share: float,
+                                  model: domain.HoldModel, correlation_id: str) -> None:
+    e = domain.new_episode(payment_id=payment_id, episode_id=episode_id, commissioner_code="QWE", provider_code="RJ1",
+                           region_code="Y56", service_type="gp", activity_date=date(2026, 5, 10), amount_pence=amount,
+                           scheme=SCHEME.model_copy(update={"at_risk_bps": at_risk_bps}), hold_model=model)
+    released = int(e.at_risk_pence * released_share)
+    diverted = e.at_risk_pence - released
+    plan = domain.settlement_plan(e, released_pence=released, diverted_pence=diverted)
+    want = domain.settlement_transfers(e, released_pence=released, diverted_pence=diverted, period=e.period)
+    assert tuple(p.request() for p in plan) == want
+    ids = outbox_rows.event_ids(len(plan))
+    rows = outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=None, event_ids=ids,
+                                    occurred_at=outbox_rows.stamp(AT))
+    for row, t, event_id in zip(rows, want, ids, strict=True):
+        assert_same(row, *reference(t, correlation_id, None, event_id))
