@@ -162,6 +162,7 @@ class Runtime:
                 self.producer,
                 batch_limit=self.settings.outbox_batch_limit,
                 poll_interval_ms=self.settings.outbox_poll_interval_ms,
+                vacuum_every_rows=self.settings.outbox_vacuum_every_rows,
             )
             await self.relay.start()
         for fn in self._on_start:

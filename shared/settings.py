@@ -37,6 +37,9 @@ class ServiceSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1, le=5)
     outbox_batch_limit: int = Field(default=500, ge=1, le=10_000)
     outbox_poll_interval_ms: int = Field(default=200, ge=5, le=60_000)
+    # The relay VACUUMs the outbox after deleting this many rows (0: leave it to autovacuum): dead
+    # rows make every relay pass slower until they are vacuumed (shared/outbox.py).
+    outbox_vacuum_every_rows: int = Field(default=20_000, ge=0, le=10_000_000)
     # "inline": the service process runs its own outbox relay (simplest; the default).
     # "external": it does not; `python -m services.<name> relay` runs it as its own process
     # (a sidecar), which takes the relay's CPU off the consumer's event loop.

@@ -4,6 +4,7 @@ process (``OUTBOX_RELAY=external``, ``python -m services.<name> relay``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from services.ledger.settings import LedgerSettings
 from shared import db
 from shared.devstack import EmbeddedKafka
 from shared.kafka import ensure_topics, make_producer
-from shared.outbox import OUTBOX_PUBLISHED, OutboxRelay, enqueue, run_relay
+from shared.outbox import OUTBOX_PUBLISHED, OUTBOX_VACUUMS, OutboxRelay, enqueue, run_relay
 from shared.topics import LEDGER_POSTED, TopicSpec
 from tests.conftest import running
 from tests.helpers import eventually, read_topic
@@ -236,3 +237,49 @@ async def test_oversized_row_fails_the_pass_loudly_and_large_rows_still_publish_
 
 async def _is_zero(value) -> bool:  # type: ignore[no-untyped-def]
     return (await value) == 0
+
+
+async def pages_read_by_an_empty_pass(pool: asyncpg.Pool) -> int:
+    """Buffers an (empty) relay pass touches: what dead rows cost every pass until vacuumed."""
+    plan = await pool.fetchval(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id, topic, key, payload, headers FROM outbox"
+        " WHERE published_at IS NULL ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED")
+    top = json.loads(plan)[0]["Plan"]
+    return top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+
+
+async def test_relay_vacuums_its_outbox_so_deleted_rows_stop_costing_every_pass(pool, kafka_bootstrap) -> None:
+    settings = LedgerSettings(kafka_bootstrap_servers=kafka_bootstrap)
+    await ensure_topics(settings)
+    run = uuid.uuid4().hex[:6]
+    producer = make_producer(settings, client_id="outbox-test")
+    await producer.start()
+    try:
+        # Without the relay's vacuum: 20,000 published (deleted) rows, and an empty pass walks them.
+        quiet = OutboxRelay(pool, producer, batch_limit=2_000, vacuum_every_rows=0)
+        for chunk in range(10):
+            await add(pool, [(LEDGER_POSTED.name, f"{run}-{chunk}-{i}".encode(), b"{}") for i in range(2_000)])
+        await quiet.drain()
+        assert await outbox_count(pool) == 0
+        walked = await pages_read_by_an_empty_pass(pool)
+        assert walked > 20, walked  # the dead rows' index entries, page after page
+
+        # The relay loop vacuums once it has deleted vacuum_every_rows rows.
+        vacuums_before = OUTBOX_VACUUMS.labels("ok")._value.get()
+        relay = OutboxRelay(pool, producer, batch_limit=2_000, poll_interval_ms=20, vacuum_every_rows=5_000)
+        await relay.start()
+        try:
+            for chunk in range(3):
+                await add(pool, [(LEDGER_POSTED.name, f"{run}-v{chunk}-{i}".encode(), b"{}") for i in range(2_000)])
+            await eventually(lambda: _is_zero(outbox_count(pool)))
+            await eventually(lambda: _true(OUTBOX_VACUUMS.labels("ok")._value.get() > vacuums_before))
+        finally:
+            await relay.stop()
+    finally:
+        await producer.stop()
+    after = await pages_read_by_an_empty_pass(pool)
+    assert after < 5 and after < walked, (after, walked)
+
+
+async def _true(value: bool) -> bool:
+    return value
