@@ -163,6 +163,30 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
         await drop_database(infra.postgres_dsn, db_name)
 
 
+async def floor(infra: Any, *, n: int, window_s: float, batch_max: int, outbox: bool) -> Any:
+    """The single-writer floor (bench/ledger/floor.py) on the uniform workload, on a fresh broker
+    and database, with CPU per transfer by process as for the real path."""
+    from bench.ledger.floor import run_floor
+    from services.ledger.settings import LedgerSettings
+    from shared.kafka import ensure_topics
+
+    db_name = f"bench_floor_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(infra.postgres_dsn, db_name)
+    bootstrap, broker = await fresh_kafka(infra)
+    try:
+        await ensure_topics(LedgerSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap))
+        await produce(bootstrap, "uniform", db_name, n)
+        accounts = [f"commissioner:C{i:04d}" for i in range(ACCOUNTS_PER_SIDE)]
+        accounts += [f"provider:P{i:04d}" for i in range(ACCOUNTS_PER_SIDE)]
+        procs = cpu_groups(infra, broker, None)
+        return await run_floor(bootstrap, dsn, accounts, n=n, window_s=window_s, batch_max=batch_max, outbox=outbox,
+                               cpu_window=lambda: CpuWindow(procs))
+    finally:
+        if broker is not None:
+            broker.stop()
+        await drop_database(infra.postgres_dsn, db_name)
+
+
 def cpu_groups(infra: Any, broker: Any, relay_proc: Any) -> Processes:
     """The processes that do the work: this one (the ledger's consumer, and its relay when inline),
     an external relay, the broker, PostgreSQL (postmaster and backends)."""
@@ -372,6 +396,14 @@ async def main(args: argparse.Namespace) -> int:
     try:
         copy_rate = await copy_baseline(infra, copy_rows)
         out(f"copy baseline: {copy_rows:,} entry rows into a keyed table, {copy_rate:,.0f} rows/s")
+        floors = {}
+        for outbox in (False, True):
+            f = await floor(infra, n=n, window_s=window_s, batch_max=args.batch, outbox=outbox)
+            floors[outbox] = f
+            what = "entries + legs + balances + outbox rows" if outbox else "entries + legs + balances"
+            out(f"single-writer floor ({what}; no validation, rules, idempotency lookup or relay):"
+                f" {f.transfers_per_s:,.0f} transfers/s over {f.window_s:.1f} s")
+            out(f"  {fmt_cpu_us(f.cpu_us, 25_000)}")
         results = {}
         for workload in ("uniform", "hot"):
             r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick, relay=args.relay)
@@ -385,9 +417,11 @@ async def main(args: argparse.Namespace) -> int:
             f" ({lat['asof_n']} queries via HTTP in process, {lat['checked']} answers checked)")
         out(f"statement page (100 lines, 30-day window): p50 {lat['stmt_p50']:.2f} ms, p99 {lat['stmt_p99']:.2f} ms ({lat['stmt_n']} queries)")
         uni, hot = results["uniform"].transfers_per_s, results["hot"].transfers_per_s
-        out(f"hot/uniform: {hot / uni:.0%}; ledger/COPY rows: {(uni * 3) / copy_rate:.0%} (3 rows per transfer: entry + 2 legs)")
+        floor_rate = floors[True].transfers_per_s
+        out(f"hot/uniform: {hot / uni:.0%}; ledger/COPY rows: {(uni * 3) / copy_rate:.0%} (3 rows per transfer: entry + 2 legs);"
+            f" ledger/floor: {uni / floor_rate:.0%} (floor with outbox rows {floor_rate:,.0f}/s)")
         out(f"bench=ledger transfers_per_s={uni:.0f} hot_transfers_per_s={hot:.0f} copy_rows_per_s={copy_rate:.0f} "
-            f"asof_p99_ms={lat['asof_p99']:.2f}")
+            f"asof_p99_ms={lat['asof_p99']:.2f} floor_transfers_per_s={floor_rate:.0f}")
     finally:
         infra.stop()
     return 0
