@@ -605,6 +605,93 @@ def _check_reversal(req: TransferRequested, origs: Mapping[str, PostedOriginal],
 
 
 # ---------------------------------------------------------------------------------------------
+# Pipelining: the state a plan leaves behind
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class After:
+    """What the database will hold, for everything a batch plan touched, once that plan commits.
+
+    The store plans batch N+1 while batch N's transaction is still in PostgreSQL: it reads the
+    committed state (which may not include N yet) and lays this over it (:func:`overlay`), so
+    the plan of N+1 sees exactly what a plan made after N's commit would see. The store writes
+    that plan only if the chain head is still the head of N's plan when it takes the lock;
+    otherwise (another writer, the expiry task) it plans again under the lock.
+    """
+
+    head_seq: int
+    head_hash: str
+    posted_at: datetime
+    balances: Mapping[str, AccountState]
+    existing: Mapping[str, ExistingEntry]
+    pendings: Mapping[str, PendingState]
+    originals: Mapping[str, PostedOriginal]
+    reversed_by: Mapping[str, str]  # original transfer id -> its reversal's transfer id
+
+
+def state_after(plan: BatchPlan, pendings_before: Mapping[str, PendingState], stamp: datetime) -> After:
+    """The state ``plan`` leaves for the accounts, ids and pendings it touched.
+
+    ``pendings_before``: the pending transfers the plan was given (resolutions keep their legs).
+    """
+    balances: dict[str, AccountState] = {}
+    existing: dict[str, ExistingEntry] = {}
+    originals: dict[str, PostedOriginal] = {}
+    for e in plan.entries:
+        for leg in e.legs:  # chain order: the last leg on an account holds its balances after the batch
+            balances[leg.account_id] = AccountState(leg.balance_after_pence, leg.pending_debits_after_pence,
+                                                    leg.pending_credits_after_pence)
+        existing[e.transfer_id] = ExistingEntry(e.seq, e.fingerprint, e.hash, e.request_json, STATUS_OF_KIND[e.kind])
+        if e.kind in ("posted", "post_pending"):
+            originals[e.transfer_id] = PostedOriginal(
+                e.transfer_id, e.kind, tuple((leg.account_id, leg.amount_pence) for leg in e.legs if leg.amount_pence))
+    for r in plan.rejections:
+        existing[r.transfer_id] = ExistingEntry(None, r.fingerprint, None, r.request_json, "rejected", r.reason)
+    pendings: dict[str, PendingState] = {p.transfer_id: p for p in plan.new_pendings}
+    for pending_id, (status, _seq) in plan.resolved_pendings.items():
+        p = pendings.get(pending_id) or pendings_before.get(pending_id)
+        check(p is not None, f"plan resolved pending {pending_id} it was not given")
+        assert p is not None
+        pendings[pending_id] = PendingState(p.transfer_id, p.legs, p.expires_at, status)  # type: ignore[arg-type]
+    return After(plan.head_seq, plan.head_hash, stamp, balances, existing, pendings, originals, dict(plan.reversals))
+
+
+def overlay(after: After, requests: Sequence[TransferRequested], *, existing: Mapping[str, ExistingEntry],
+            pendings: Mapping[str, PendingState], originals: Mapping[str, PostedOriginal],
+            balances: Mapping[str, AccountState]) -> tuple[dict[str, ExistingEntry], dict[str, PendingState],
+                                                          dict[str, PostedOriginal], dict[str, AccountState]]:
+    """The inputs of ``requests``' plan as they will be once the plan behind ``after`` commits.
+
+    ``existing`` … ``balances``: what was read from the database, before or after that commit
+    (both give the same answer: what ``after`` names replaces what was read).
+    """
+    ex = dict(existing)
+    pe = dict(pendings)
+    og = dict(originals)
+    ba = dict(balances)
+    for r in requests:
+        prior = after.existing.get(r.transfer_id)
+        if prior is not None:
+            ex[r.transfer_id] = prior
+        if r.pending_id is not None:
+            p = after.pendings.get(r.pending_id)
+            if p is not None:
+                pe[r.pending_id] = p
+        if r.reverses is not None:
+            o = after.originals.get(r.reverses) or og.get(r.reverses)
+            by = after.reversed_by.get(r.reverses)
+            if o is not None:
+                og[r.reverses] = o if by is None else PostedOriginal(o.transfer_id, o.kind, o.posted_legs, by)
+    needed = {leg.account_id for r in requests for leg in r.legs}
+    for p in pe.values():
+        needed.update(a for a, _ in p.legs)
+    for account in needed:
+        s = after.balances.get(account)
+        if s is not None:
+            ba[account] = s
+    return ex, pe, og, ba
+
+
+# ---------------------------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

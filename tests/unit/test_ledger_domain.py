@@ -883,3 +883,48 @@ def test_amounts_beyond_the_ledgers_range_are_refused() -> None:
     assert over.outcomes[0].status == "rejected" and "range" in (over.outcomes[0].reason or "")
     ok = run([req("k", "posted", (("commissioner:QWE", -5), ("provider:RJ1", 5)))], near)
     assert ok.outcomes[0].status == "posted"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelining: planning batch B before batch A commits
+# ---------------------------------------------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(2, 120))
+def test_a_plan_made_on_stale_reads_plus_the_overlay_is_the_plan_made_after_the_commit(rng: Any, n_ops: int) -> None:
+    """For every batch B that follows a batch A: B planned on what was there before A (the store's
+    read while A is still in PostgreSQL) with A's state_after laid over it, and B planned on the
+    state after A, give the same entries, outcomes and balance changes; so do reads taken after
+    A's commit with the overlay laid over them."""
+    from services.ledger.domain import overlay, state_after
+
+    ledger = Ledger(STREAM_START)
+    now = T0
+    stream = random_stream(rng, n_ops)
+    previous: tuple[Any, ...] | None = None  # (reads before A, A's plan, pendings A was given, A's stamp)
+    for item in stream:
+        if item == "tick":
+            now += STEP
+            ledger.expire_due(now)
+            previous = None  # the expiry task wrote in between: the store plans again under the lock
+            continue
+        before = (dict(ledger.existing), dict(ledger.pendings), dict(ledger.originals), dict(ledger.balances))
+        if previous is not None:
+            stale, plan_a, pendings_a, stamp_a = previous
+            after = state_after(plan_a, pendings_a, stamp_a)
+            assert (after.head_seq, after.head_hash) == (ledger.head_seq, ledger.head_hash)
+            for reads in (stale, before):  # read before A committed, and after
+                ex, pe, og, ba = overlay(after, item, existing=reads[0], pendings=reads[1], originals=reads[2],
+                                         balances=reads[3])
+                ahead = plan_batch(item, balances=ba, existing=ex, pendings=pe, originals=og,
+                                   head_seq=after.head_seq, head_hash=after.head_hash, now=now)
+                exact = plan_batch(item, balances=ledger.balances, existing=ledger.existing, pendings=ledger.pendings,
+                                   originals=ledger.originals, head_seq=ledger.head_seq, head_hash=ledger.head_hash,
+                                   now=now)
+                assert ahead.entries == exact.entries
+                assert ahead.outcomes == exact.outcomes
+                assert ahead.deltas == exact.deltas
+                assert ahead.rejections == exact.rejections
+                assert ahead.new_pendings == exact.new_pendings and ahead.resolved_pendings == exact.resolved_pendings
+        plan = ledger.apply(item, now)
+        previous = (before, plan, before[1], now)
+    check_invariants(ledger)
