@@ -94,7 +94,7 @@ class Throughput:
 
 
 async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batch_max: int, verify: bool,
-                     relay: str, chunk: int | None = None) -> Throughput:
+                     relay: str) -> Throughput:
     from services.ledger import consumer
     from services.ledger.app import create_app
     from services.ledger.settings import LedgerSettings
@@ -107,7 +107,7 @@ async def throughput(infra: Any, workload: str, *, n: int, window_s: float, batc
     try:
         settings = LedgerSettings(database_url=dsn, kafka_bootstrap_servers=bootstrap, consumer_group=f"bench-{uuid.uuid4().hex[:6]}",
                                   batch_max_records=batch_max, batch_timeout_ms=20, http_port=0, log_level="WARNING",
-                                  outbox_relay=relay, **({} if chunk is None else {"write_chunk_records": chunk}))
+                                  outbox_relay=relay)
         await ensure_topics(settings)
         rate_in = await produce(bootstrap, workload, db_name, n)
         out(f"  {workload}: produced {n:,} transfer requests to {LEDGER_TRANSFER_REQUESTS.name} ({rate_in:,.0f}/s, not measured)")
@@ -406,8 +406,7 @@ async def main(args: argparse.Namespace) -> int:
             out(f"  {fmt_cpu_us(f.cpu_us, 25_000)}")
         results = {}
         for workload in ("uniform", "hot"):
-            r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick, relay=args.relay,
-                                 chunk=args.chunk)
+            r = await throughput(infra, workload, n=n, window_s=window_s, batch_max=args.batch, verify=quick, relay=args.relay)
             results[workload] = r
             drained = " (all consumed before the window ended)" if r.posted >= r.produced else ""
             out(f"{workload}: {r.transfers_per_s:,.0f} transfers/s over {r.window_s:.1f} s{drained}; {r.posted:,} posted;"
@@ -435,8 +434,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transfers", type=int, help="transfer requests to pre-produce per workload")
     p.add_argument("--expect-rate", type=float, default=10_000, help="sizes the pre-produced backlog (default 10,000/s)")
     p.add_argument("--batch", type=int, default=2_000, help="consumer batch size (LEDGER_BATCH_MAX_RECORDS)")
-    p.add_argument("--chunk", type=int, help="requests per transaction within a batch, planned ahead"
-                   " (LEDGER_WRITE_CHUNK_RECORDS; default the service's, 0 = one transaction per batch)")
     p.add_argument("--relay", choices=["inline", "external"], default="inline",
                    help="outbox relay in the ledger process (the default deployment) or as its own process (LEDGER_OUTBOX_RELAY=external)")
     p.add_argument("--journal-rows", type=int, help="journal rows for the latency fixture (default 10,000,000, quick 200,000)")

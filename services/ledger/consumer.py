@@ -47,7 +47,7 @@ def register(runtime: Runtime, settings: Any) -> None:
         **CONSUMER_DEFAULTS,
     )
     async def on_transfer_requests(bodies: list[bytes], msg: KafkaMessage) -> None:
-        await handle_batch(runtime, batch_records(msg), chunk_records=settings.write_chunk_records)
+        await handle_batch(runtime, batch_records(msg))
 
     task: dict[str, asyncio.Task] = {}
 
@@ -80,7 +80,7 @@ async def expiry_loop(runtime: Runtime, settings: Any) -> None:
         await asyncio.sleep(settings.expiry_interval_ms / 1000)
 
 
-async def handle_batch(runtime: Runtime, records: list[Any], *, chunk_records: int | None = None) -> None:
+async def handle_batch(runtime: Runtime, records: list[Any]) -> None:
     batch: list[store.Submitted] = []
     for raw in records:
         try:
@@ -97,7 +97,7 @@ async def handle_batch(runtime: Runtime, records: list[Any], *, chunk_records: i
     while True:
         try:
             with BATCH_SECONDS.time():
-                outcomes = await store.post_batch(runtime.pool, batch, chunk_records=chunk_records)
+                outcomes = await store.post_batch(runtime.pool, batch)
             break
         except TRANSIENT_ERRORS as exc:
             # Database briefly down: keep the batch, back off, try again. Not acknowledging

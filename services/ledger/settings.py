@@ -23,9 +23,6 @@ class LedgerSettings(ServiceSettings):
     consumer_group: str = "ledger"
     batch_max_records: int = Field(default=2000, ge=1, le=20_000)
     batch_timeout_ms: int = Field(default=20, ge=1, le=10_000)
-    # A consumer batch is written as transactions of at most this many requests, each read and
-    # planned while the one before commits (store.post_batch); 0 writes a batch as one transaction.
-    write_chunk_records: int = Field(default=500, ge=0, le=20_000)
     # The relay publishes ledger.posted.v1 in passes of this many rows: one event per transfer,
     # so a larger pass than the other services' default keeps its per-pass SQL off the hot path.
     outbox_batch_limit: int = Field(default=2000, ge=1, le=10_000)

@@ -11,26 +11,22 @@ ledger.posted.v1 events into the outbox.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter
 
 from services.ledger import domain
 from shared.contracts import TransferRequested
 from shared.topics import LEDGER_POSTED
 
 PRODUCER = "ledger"
-REPLANNED = Counter("ledger_pipeline_replans_total",
-                    "Chunks planned ahead whose chain head had moved by the time they took the lock (planned again under it)")
 _esc = json.encoder.encode_basestring_ascii  # C-accelerated JSON string quoting
 
 
@@ -43,129 +39,14 @@ class Submitted:
     causation_id: str | None
 
 
-async def post_batch(pool: asyncpg.Pool, batch: Sequence[Submitted], *, now: datetime | None = None,
-                     chunk_records: int | None = None) -> list[domain.Outcome]:
-    """Decide and write a batch; one outcome per submitted request, in order.
-
-    Without ``chunk_records`` (or for a batch no larger) the batch is one transaction. With it,
-    the batch is written as consecutive transactions of at most that many requests, each planned
-    while the one before is still in PostgreSQL (:func:`_post_pipelined`). Either way the
-    outcomes and the journal are those of posting the requests one after another, and a failure
-    raises after every transaction already begun has finished: chunks that committed are
-    duplicates when the batch is retried or redelivered.
-    """
+async def post_batch(pool: asyncpg.Pool, batch: Sequence[Submitted], *, now: datetime | None = None) -> list[domain.Outcome]:
+    """Decide and write a batch in one transaction; one outcome per submitted request, in order."""
     if not batch:
         return []
-    if chunk_records and len(batch) > chunk_records:
-        return await _post_pipelined(pool, list(batch), now, chunk_records)
     async with pool.acquire() as conn:
         async with conn.transaction():
             outcomes, _ = await _apply(conn, list(batch), [], now=now)
     return outcomes
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """A chunk planned ahead of the lock: written only if the chain head is still ``base``."""
-
-    plan: domain.BatchPlan
-    base: tuple[int, str]
-    stamp: datetime
-    missing_accounts: list[str]
-    pending_cids: dict[str, str | None]
-    pendings: Mapping[str, domain.PendingState]  # the pending transfers the plan was given
-
-
-async def _post_pipelined(pool: asyncpg.Pool, batch: list[Submitted], now: datetime | None,
-                          chunk_records: int) -> list[domain.Outcome]:
-    """Write ``batch`` in chunks: chunk N+1 is read and planned while chunk N commits.
-
-    One writer connection keeps the chain single-writer (one transaction at a time, in order);
-    a second connection reads the committed state in one snapshot, with the chain head. The
-    plan of N+1 lays N's planned state over what it read (domain.overlay) when that snapshot
-    is N's base or N's result, and is written only if, under the lock, the head is N's result;
-    otherwise (another writer moved the chain: the expiry task, a second instance) the chunk is
-    read and planned again under the lock, as an unpipelined batch is.
-    """
-    parts = [batch[i:i + chunk_records] for i in range(0, len(batch), chunk_records)]
-    outcomes: list[domain.Outcome] = []
-    inflight: asyncio.Task[list[domain.Outcome]] | None = None
-    after: domain.After | None = None  # the state once the chunk in flight commits (None: not known ahead)
-    after_cids: dict[str, str | None] = {}
-    base_in_flight: tuple[int, str] | None = None
-    async with pool.acquire() as reader, pool.acquire() as writer:
-        try:
-            for part in parts:
-                if inflight is not None and after is None:  # its result is not known ahead: wait for it
-                    outcomes += await inflight
-                    inflight = None
-                requests = [s.request for s in part]
-                async with reader.transaction(isolation="repeatable_read", readonly=True):
-                    head = await reader.fetchrow("SELECT seq, hash, posted_at FROM chain_head WHERE id = 1")
-                    loaded = await _load(reader, requests, [])
-                snapshot = (head["seq"], head["hash"])
-                planned: _Planned | None = None
-                # Planning is pure Python: in a worker thread the event loop keeps driving the
-                # chunk in flight (its next statement goes out as soon as PostgreSQL answers).
-                if inflight is None:
-                    planned = await asyncio.to_thread(_plan_ahead, part, loaded, snapshot, head["posted_at"], now, None, {})
-                elif after is not None and snapshot in (base_in_flight, (after.head_seq, after.head_hash)):
-                    planned = await asyncio.to_thread(_plan_ahead, part, loaded, (after.head_seq, after.head_hash),
-                                                      after.posted_at, now, after, after_cids)
-                if inflight is not None:
-                    outcomes += await inflight
-                    inflight = None
-                inflight = asyncio.create_task(_write_chunk(writer, part, planned, now))
-                if planned is None:
-                    after, after_cids, base_in_flight = None, {}, None
-                else:
-                    after = domain.state_after(planned.plan, planned.pendings, planned.stamp)
-                    sources = {s.request.transfer_id: s.correlation_id for s in part}
-                    after_cids = {**planned.pending_cids,
-                                  **{p.transfer_id: sources.get(p.transfer_id) for p in planned.plan.new_pendings}}
-                    base_in_flight = planned.base
-            if inflight is not None:
-                outcomes += await inflight
-                inflight = None
-        finally:
-            if inflight is not None:  # a read or plan failed: let the write in flight finish first
-                await asyncio.wait([inflight])
-                if not inflight.cancelled():
-                    inflight.exception()  # retrieved: the first failure is the one raised
-    return outcomes
-
-
-def _plan_ahead(part: list[Submitted], loaded: _Loaded, base: tuple[int, str], base_posted_at: datetime | None,
-                now: datetime | None, after: domain.After | None, after_cids: dict[str, str | None]) -> _Planned:
-    requests = [s.request for s in part]
-    existing, pendings, originals, balances = loaded.existing, loaded.pendings, loaded.originals, loaded.balances
-    missing = loaded.missing_accounts
-    cids = loaded.pending_cids
-    if after is not None:
-        existing, pendings, originals, balances = domain.overlay(
-            after, requests, existing=existing, pendings=pendings, originals=originals, balances=balances)
-        missing = [a for a in missing if a not in after.balances]  # the chunk in flight creates those
-        cids = {**cids, **{k: v for k, v in after_cids.items() if k in pendings}}
-    stamp = now or datetime.now(timezone.utc)
-    if base_posted_at is not None:
-        stamp = max(stamp, base_posted_at)
-    plan = domain.plan_batch(requests, balances=balances, existing=existing, pendings=pendings, originals=originals,
-                             head_seq=base[0], head_hash=base[1], now=stamp)
-    return _Planned(plan, base, stamp, missing, cids, pendings)
-
-
-async def _write_chunk(conn: asyncpg.Connection, part: list[Submitted], planned: _Planned | None,
-                       now: datetime | None) -> list[domain.Outcome]:
-    async with conn.transaction():
-        head = await conn.fetchrow("SELECT seq, hash, posted_at FROM chain_head WHERE id = 1 FOR UPDATE")
-        if planned is None or (head["seq"], head["hash"]) != planned.base:
-            if planned is not None:
-                REPLANNED.inc()
-            outcomes, _ = await _apply(conn, part, [], now=now, head=head)
-            return outcomes
-        await _create_accounts(conn, planned.missing_accounts)
-        await _write(conn, planned.plan, part, planned.stamp, planned.pending_cids)
-        return planned.plan.outcomes
 
 
 async def expire_due(pool: asyncpg.Pool, *, limit: int = 500, now: datetime | None = None) -> list[domain.Outcome]:
@@ -192,19 +73,12 @@ def _stamp(head: asyncpg.Record, now: datetime | None) -> datetime:
     return max(stamp, head["posted_at"]) if head["posted_at"] is not None else stamp
 
 
-@dataclass
-class _Loaded:
-    """What a batch's plan needs from the database (see domain.plan_batch)."""
-
-    existing: dict[str, domain.ExistingEntry]
-    pendings: dict[str, domain.PendingState]
-    pending_cids: dict[str, str | None]  # an expiry entry carries its pending transfer's correlation id
-    originals: dict[str, domain.PostedOriginal]
-    balances: dict[str, domain.AccountState]
-    missing_accounts: list[str]  # named by the batch, not yet in the chart of accounts
-
-
-async def _load(conn: asyncpg.Connection, requests: list[TransferRequested], expiries: list[domain.Expire]) -> _Loaded:
+async def _apply(conn: asyncpg.Connection, batch: list[Submitted], expiries: list[domain.Expire], *,
+                 now: datetime | None, head: asyncpg.Record | None = None) -> tuple[list[domain.Outcome], list[domain.Outcome]]:
+    if head is None:
+        head = await conn.fetchrow("SELECT seq, hash, posted_at FROM chain_head WHERE id = 1 FOR UPDATE")
+    stamp = _stamp(head, now)
+    requests = [s.request for s in batch]
     ids = list({r.transfer_id for r in requests})
     existing: dict[str, domain.ExistingEntry] = {}
     if ids:
@@ -221,7 +95,7 @@ async def _load(conn: asyncpg.Connection, requests: list[TransferRequested], exp
 
     pending_ids = {r.pending_id for r in requests if r.pending_id} | {e.pending_id for e in expiries}
     pendings: dict[str, domain.PendingState] = {}
-    pending_cids: dict[str, str | None] = {}
+    pending_cids: dict[str, str | None] = {}  # an expiry entry carries its pending transfer's correlation id
     if pending_ids:
         for r in await conn.fetch(
             "SELECT transfer_id, legs::text AS legs, expires_at, status, correlation_id FROM pending_transfers"
@@ -250,7 +124,6 @@ async def _load(conn: asyncpg.Connection, requests: list[TransferRequested], exp
     for p in pendings.values():
         account_ids.update(a for a, _ in p.legs)
     balances: dict[str, domain.AccountState] = {}
-    missing: list[str] = []
     if account_ids:
         for r in await conn.fetch(
             "SELECT account_id, posted_pence, pending_debits_pence, pending_credits_pence FROM accounts"
@@ -259,40 +132,26 @@ async def _load(conn: asyncpg.Connection, requests: list[TransferRequested], exp
         ):
             balances[r["account_id"]] = domain.AccountState(r["posted_pence"], r["pending_debits_pence"], r["pending_credits_pence"])
         missing = sorted(account_ids - balances.keys())
-    return _Loaded(existing, pendings, pending_cids, originals, balances, missing)
+        if missing:
+            await conn.execute(
+                "INSERT INTO accounts(account_id, type, floor_pence)"
+                " SELECT a, split_part(a, ':', 1), f FROM unnest($1::text[], $2::bigint[]) AS t(a, f)"
+                " ON CONFLICT (account_id) DO NOTHING",
+                missing,
+                [domain.account_floor(a) for a in missing],
+            )
 
-
-async def _create_accounts(conn: asyncpg.Connection, account_ids: Sequence[str]) -> None:
-    if account_ids:
-        await conn.execute(
-            "INSERT INTO accounts(account_id, type, floor_pence)"
-            " SELECT a, split_part(a, ':', 1), f FROM unnest($1::text[], $2::bigint[]) AS t(a, f)"
-            " ON CONFLICT (account_id) DO NOTHING",
-            list(account_ids),
-            [domain.account_floor(a) for a in account_ids],
-        )
-
-
-async def _apply(conn: asyncpg.Connection, batch: list[Submitted], expiries: list[domain.Expire], *,
-                 now: datetime | None, head: asyncpg.Record | None = None) -> tuple[list[domain.Outcome], list[domain.Outcome]]:
-    """Load, plan and write a batch inside the caller's transaction, under the chain head lock."""
-    if head is None:
-        head = await conn.fetchrow("SELECT seq, hash, posted_at FROM chain_head WHERE id = 1 FOR UPDATE")
-    stamp = _stamp(head, now)
-    requests = [s.request for s in batch]
-    loaded = await _load(conn, requests, expiries)
-    await _create_accounts(conn, loaded.missing_accounts)
     plan = domain.plan_batch(
         [*expiries, *requests],
-        balances=loaded.balances,
-        existing=loaded.existing,
-        pendings=loaded.pendings,
-        originals=loaded.originals,
+        balances=balances,
+        existing=existing,
+        pendings=pendings,
+        originals=originals,
         head_seq=head["seq"],
         head_hash=head["hash"],
         now=stamp,
     )
-    await _write(conn, plan, batch, stamp, loaded.pending_cids)
+    await _write(conn, plan, batch, stamp, pending_cids)
     n_exp = len(plan.outcomes) - len(requests)
     return plan.outcomes[n_exp:], plan.outcomes[:n_exp]
 
