@@ -44,6 +44,7 @@ class FloorResult:
     cpu_us: dict[str, float]
 
 
+SLICE = 250  # transfers built between two yields to the event loop
 _ENTRY_COLS = ["seq", "transfer_id", "kind", "fingerprint", "request", "posted_at", "prev_hash", "hash"]
 _LEG_COLS = ["entry_seq", "account_id", "amount_pence", "pending_pence", "balance_after_pence",
              "pending_debits_after_pence", "pending_credits_after_pence", "posted_at"]
@@ -81,6 +82,7 @@ class _Chain:
 
 async def _write(conn: asyncpg.Connection, chain_seq: int, chain_hash: str, entries: list, legs: list,
                  events: list, deltas: dict[str, int], stamp: datetime) -> None:
+    # Each statement is a round trip; between them the next batch is being built.
     async with conn.transaction():
         await conn.fetchrow("SELECT seq FROM chain_head WHERE id = 1 FOR UPDATE")
         await conn.copy_records_to_table("entries", records=entries, columns=_ENTRY_COLS)
@@ -122,21 +124,34 @@ async def run_floor(bootstrap: str, dsn: str, accounts: list[str], *, n: int, wi
             got = await consumer.getmany(timeout_ms=200, max_records=batch_max)
             values = [r.value for recs in got.values() for r in recs]
             offsets = {tp: recs[-1].offset + 1 for tp, recs in got.items() if recs}
+            planned = None
+            if values:
+                # Build the next batch's rows in slices, yielding between them, so the batch in
+                # flight can send its next statement while this one is built (one event loop).
+                stamp = datetime.now(timezone.utc)
+                entries, legs, events, deltas = [], [], [], {}
+                for lo in range(0, len(values), SLICE):
+                    e, lg, ev, d = chain.rows(values[lo:lo + SLICE], stamp, outbox)
+                    entries += e
+                    legs += lg
+                    events += ev
+                    for a, p in d.items():
+                        deltas[a] = deltas.get(a, 0) + p
+                    await asyncio.sleep(0)
+                planned = (chain.seq, chain.hash, entries, legs, events, deltas, stamp)
             if pending is not None:  # one transaction in flight at a time: the single writer
                 await pending
                 await consumer.commit(pending_offsets)
+                pending = None
                 if t_first is None:
                     t_first, cpu, posted_at_first = time.perf_counter(), cpu_window(), posted
-                if posted >= n or time.perf_counter() - t_first >= window_s:
+                elif posted >= n or time.perf_counter() - t_first >= window_s:
                     break
-                pending = None
-            if not values:
+            if planned is None:
                 if posted >= n:
                     break
                 continue
-            stamp = datetime.now(timezone.utc)
-            entries, legs, events, deltas = chain.rows(values, stamp, outbox)
-            pending = asyncio.create_task(_write(conn, chain.seq, chain.hash, entries, legs, events, deltas, stamp))
+            pending = asyncio.create_task(_write(conn, *planned))
             pending_offsets = offsets
             posted += len(values)
         if pending is not None:
