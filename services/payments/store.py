@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -23,6 +23,7 @@ from shared.money import check
 from shared.reference import ReferenceData
 
 PRODUCER = outbox_rows.PRODUCER
+T = TypeVar("T")
 
 
 class Conflict(ValueError):
@@ -382,14 +383,30 @@ def decision_json(line: domain.EpisodeSettlement) -> str:
 
 
 async def _request_settlement(conn: asyncpg.Connection, plan: list[domain.PlannedTransfer], correlation_id: str) -> None:
-    """Track and enqueue a unit's planned settlement transfers, rows written by hand, in one
-    COPY (ids in row order, as enqueue gives them: the relay publishes them in that order)."""
+    """Track and enqueue a unit's planned settlement transfers, rows written by hand, by COPY in
+    slices (ids in row order, as enqueue gives them: the relay publishes them in that order)."""
     if not plan:
         return
-    await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in plan])
+    for part in _slices(plan):
+        await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in part])
     rows = outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=None,
                                     event_ids=outbox_rows.event_ids(len(plan)), occurred_at=outbox_rows.occurred_now())
-    await conn.copy_records_to_table("outbox", records=rows, columns=["topic", "key", "payload", "headers"])
+    for part in _slices(rows):
+        await conn.copy_records_to_table("outbox", records=part, columns=["topic", "key", "payload", "headers"])
+
+
+# Rows per statement when a settlement unit is read and written. A big trust has hundreds of
+# thousands of episodes in a month; the whole unit still settles in one transaction (its cap and
+# minimum sample are computed over all of it), but no single statement grows with it, so none
+# meets the pool's 30 s per-statement timeout. Found by the full "one England day": the one
+# UPDATE of the largest trust's month ran past it and the month's settlement failed. 20,000
+# rows cost the same per episode as one statement per unit (bench/payments --settlement).
+SETTLE_STATEMENT_ROWS = 20_000
+
+
+def _slices(items: list[T]) -> list[list[T]]:
+    n = SETTLE_STATEMENT_ROWS
+    return [items[i:i + n] for i in range(0, len(items), n)]
 
 
 async def settle_unit(
@@ -397,16 +414,24 @@ async def settle_unit(
 ) -> dict[str, Any] | None:
     """Settle one provider-period-scheme unit in the caller's transaction. Idempotent: held
     episodes only, so a second run finds nothing to do and returns None."""
-    rows = await conn.fetch(
-        f"SELECT {_EPISODE_COLUMNS} FROM episodes WHERE provider_code = $1 AND period = $2 AND scheme_id = $3"
-        " AND scheme_version = $4 AND status = 'held' ORDER BY episode_id FOR UPDATE",
-        provider_code, period, scheme.scheme_id, scheme.version,
-    )
-    if not rows:
+    episodes: list[domain.Episode] = []
+    after = ""
+    while True:  # keyset pages, each locked: the unit is read whole inside this transaction
+        rows = await conn.fetch(
+            f"SELECT {_EPISODE_COLUMNS} FROM episodes WHERE provider_code = $1 AND period = $2 AND scheme_id = $3"
+            " AND scheme_version = $4 AND status = 'held' AND episode_id > $5 ORDER BY episode_id LIMIT $6 FOR UPDATE",
+            provider_code, period, scheme.scheme_id, scheme.version, after, SETTLE_STATEMENT_ROWS,
+        )
+        episodes += [_episode(r) for r in rows]
+        if len(rows) < SETTLE_STATEMENT_ROWS:
+            break
+        after = rows[-1]["episode_id"]
+    if not episodes:
         return None
-    episodes = [_episode(r) for r in rows]
-    answers = [_answer(r) for r in await conn.fetch(
-        f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE episode_id = ANY($1::text[])", [e.episode_id for e in episodes])]
+    answers = []
+    for part in _slices([e.episode_id for e in episodes]):
+        answers += [_answer(r) for r in await conn.fetch(
+            f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE episode_id = ANY($1::text[])", part)]
     base_id = f"{provider_code}:{period}:{scheme.key}"
     earlier = await conn.fetchval("SELECT count(*) FROM settlements WHERE settlement_id LIKE $1", base_id + "%")
     # A period settles once. Episodes that arrive after it closed are released in full in a
@@ -422,19 +447,19 @@ async def settle_unit(
         report.billed_pence, report.held_pence, report.released_pence, report.diverted_pence, report.responses,
         report.episodes, report.min_sample_applied, report.cap_applied, report.cap_pence,
     )
-    lines = report.lines
-    await conn.execute(  # one statement for the unit (a big trust has thousands of episodes a month)
-        "UPDATE episodes SET status = 'settled', settlement_id = $1, released_pence = d.released,"
-        " diverted_pence = d.diverted, decision = d.decision::jsonb"
-        " FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS d(episode_id, released, diverted, decision)"
-        " WHERE episodes.episode_id = d.episode_id",
-        settlement_id,
-        [line.episode.episode_id for line in lines],
-        [line.released_pence for line in lines],
-        [line.diverted_pence for line in lines],
-        [decision_json(line) for line in lines],
-    )
-    await _request_settlement(conn, [p for line in lines for p in line.plan], correlation_id)
+    for part in _slices(list(report.lines)):  # one statement per slice, not per episode
+        await conn.execute(
+            "UPDATE episodes SET status = 'settled', settlement_id = $1, released_pence = d.released,"
+            " diverted_pence = d.diverted, decision = d.decision::jsonb"
+            " FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS d(episode_id, released, diverted, decision)"
+            " WHERE episodes.episode_id = d.episode_id",
+            settlement_id,
+            [line.episode.episode_id for line in part],
+            [line.released_pence for line in part],
+            [line.diverted_pence for line in part],
+            [decision_json(line) for line in part],
+        )
+    await _request_settlement(conn, [p for line in report.lines for p in line.plan], correlation_id)
     return settlement_summary(settlement_id, report)
 
 

@@ -132,7 +132,11 @@ async def check_run(conn: asyncpg.Connection, pool: asyncpg.Pool, correlation_id
     return reports
 
 
-async def test_settlement_writes_what_the_contract_path_writes(database: str) -> None:
+@pytest.mark.parametrize("statement_rows", [store.SETTLE_STATEMENT_ROWS, 7])
+async def test_settlement_writes_what_the_contract_path_writes(database: str, statement_rows: int, monkeypatch) -> None:
+    # 7 rows per statement: every unit (about 50 episodes) is read, tracked, enqueued and updated
+    # in several statements inside its one transaction, and must write exactly the same.
+    monkeypatch.setattr(store, "SETTLE_STATEMENT_ROWS", statement_rows)
     conn = await asyncpg.connect(database)
     pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
     try:
