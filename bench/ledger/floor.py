@@ -58,9 +58,9 @@ class _Chain:
         self.hash = "0" * 64
         self.balances: dict[str, int] = {}
 
-    def rows(self, values: list[bytes], stamp: datetime, outbox: bool) -> tuple[list, list, list, dict[str, int]]:
-        entries, legs, events = [], [], []
-        deltas: dict[str, int] = {}
+    def rows(self, values: list[bytes], stamp: datetime, outbox: bool, entries: list, legs: list, events: list,
+             deltas: dict[str, int]) -> None:
+        """Append the rows of ``values`` to the batch's lists and balance changes."""
         for value in values:
             data = json.loads(value)["data"]
             self.seq += 1
@@ -77,7 +77,6 @@ class _Chain:
             if outbox:
                 events.append(("ledger.posted.v1", data["transfer_id"].encode(),
                                b'{"seq":%d,"hash":"%s"}' % (seq, digest.encode()), "{}"))
-        return entries, legs, events, deltas
 
 
 async def _write(conn: asyncpg.Connection, chain_seq: int, chain_hash: str, entries: list, legs: list,
@@ -129,14 +128,12 @@ async def run_floor(bootstrap: str, dsn: str, accounts: list[str], *, n: int, wi
                 # Build the next batch's rows in slices, yielding between them, so the batch in
                 # flight can send its next statement while this one is built (one event loop).
                 stamp = datetime.now(timezone.utc)
-                entries, legs, events, deltas = [], [], [], {}
+                entries: list = []
+                legs: list = []
+                events: list = []
+                deltas: dict[str, int] = {}
                 for lo in range(0, len(values), SLICE):
-                    e, lg, ev, d = chain.rows(values[lo:lo + SLICE], stamp, outbox)
-                    entries += e
-                    legs += lg
-                    events += ev
-                    for a, p in d.items():
-                        deltas[a] = deltas.get(a, 0) + p
+                    chain.rows(values[lo:lo + SLICE], stamp, outbox, entries, legs, events, deltas)
                     await asyncio.sleep(0)
                 planned = (chain.seq, chain.hash, entries, legs, events, deltas, stamp)
             if pending is not None:  # one transaction in flight at a time: the single writer

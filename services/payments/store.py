@@ -447,7 +447,7 @@ async def settle_unit(
         report.billed_pence, report.held_pence, report.released_pence, report.diverted_pence, report.responses,
         report.episodes, report.min_sample_applied, report.cap_applied, report.cap_pence,
     )
-    for part in _slices(list(report.lines)):  # one statement per slice, not per episode
+    for part in _slices(report.lines):  # one statement per slice, not per episode
         await conn.execute(
             "UPDATE episodes SET status = 'settled', settlement_id = $1, released_pence = d.released,"
             " diverted_pence = d.diverted, decision = d.decision::jsonb"
