@@ -1,0 +1,1 @@
+"""The portal: a read-only, server-rendered web portal over the feedback, payments and ledger APIs."""
