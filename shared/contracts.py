@@ -141,18 +141,27 @@ class Leg(Contract):
     amount_pence: int = Field(strict=True)  # + credit, - debit; legs of an entry sum to zero
 
 
-class TransferCause(Contract):
-    """Why money moved: enough to explain the transfer to an auditor."""
+PeriodCode = Annotated[str, StringConstraints(pattern=r"^20[0-9]{2}-(0[1-9]|1[0-2])$")]
+"""A settlement period, YYYY-MM (years 2000-2099)."""
 
-    kind: Literal["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld", "reversal", "expiry", "manual"]
-    payment_id: FreeText | None = None
-    episode_id: FreeText | None = None
-    provider_code: FreeText | None = None
-    period: FreeText | None = None
-    scheme_id: FreeText | None = None
-    scheme_version: int | None = None
-    settlement_id: FreeText | None = None
-    appeal_id: FreeText | None = None
+ReferenceText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")]
+"""An id built by a producer from other ids (a settlement id, an appeal id, a scheme id)."""
+
+
+class TransferCause(Contract):
+    """Why money moved: enough to explain the transfer to an auditor. Every field is bounded: a
+    cause is hashed into the append-only journal and kept forever."""
+
+    kind: Literal["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld", "reversal", "expiry",
+                  "manual"]
+    payment_id: ExternalId | None = None
+    episode_id: ExternalId | None = None
+    provider_code: OdsCode | None = None
+    period: PeriodCode | None = None
+    scheme_id: ReferenceText | None = None
+    scheme_version: int | None = Field(default=None, ge=1, le=1_000_000)
+    settlement_id: ReferenceText | None = None
+    appeal_id: ReferenceText | None = None
     note: FreeText | None = Field(default=None, max_length=500)
 
 
@@ -223,7 +232,7 @@ class TransferPosted(Contract):
     status: Literal["posted", "pending", "voided", "rejected"]
     entry_seq: int | None = None
     entry_hash: str | None = None
-    reason: FreeText | None = None  # stored by payments
+    reason: FreeText | None = Field(default=None, max_length=2000)  # stored by payments
 
 
 EVENT_TYPES: dict[str, type[Contract]] = {

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from services.feedback.domain import synthetic_nhs_number
+from services.payments.domain import last_day_of, latest_settleable_period
 from shared.auth import bearer_headers
 from shared.devstack import Stack
 from shared.money import format_pence
@@ -41,13 +42,15 @@ SCENARIO = [
 SERVICE_TYPES = ["inpatient", "outpatient", "maternity", "a_and_e", "community"]
 
 
-def previous_month(today: date) -> date:
-    return today.replace(day=1) - timedelta(days=1)
+def settleable_month_end(today: date) -> date:
+    """The last day of the latest month that can be settled today: every episode's decision window
+    (56 days under the shipped scheme) has closed, so settlement may run."""
+    return last_day_of(latest_settleable_period(today, 56))
 
 
 def build_scenario(seed: int = 2025, today: date | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rng = random.Random(seed)
-    last_day = previous_month(today or date.today())
+    last_day = settleable_month_end(today or date.today())
     payments, feedback = [], []
     n = 0
     for provider, icb, count, weights in SCENARIO:
@@ -133,12 +136,17 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
             return tb if not held and not pending and tb["accounts"] else None
 
         tb = await wait_until(settled)
-        verify = (await http.get(f"{ledger_url}/v1/verify", headers=finance)).json()
+        auditor = bearer_headers(["ledger:audit"], subject="national-audit")
+        verify = (await http.get(f"{ledger_url}/v1/verify", headers=auditor)).json()
         london = bearer_headers(["ledger:read"], subject="london-finance-team", regions=["Y56"])
         seen = (await http.get(f"{ledger_url}/v1/accounts", params={"type": "fund"}, headers=london)).json()
         london_funds = [a["account_id"] for a in seen.get("items", [])]
         anonymous = (await http.get(f"{ledger_url}/v1/trial-balance")).status_code
         refused = (await http.post(f"{pay_url}/v1/settlements/run", json={"period": period}, headers=finance)).status_code
+        london_icb = bearer_headers(["payments:write"], subject="london-icb-system", regions=["Y56"])
+        newcastle = {**payments[0], "payment_id": "demo-cross-region", "episode_id": "demo-cross-region",
+                     "commissioner_code": "QHM", "provider_code": "RTD"}
+        cross_region = (await http.post(f"{pay_url}/v1/payment-requests", json=newcastle, headers=london_icb)).status_code
 
     out("")
     out(f"Settlement, period {period} (per provider):")
@@ -162,7 +170,8 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
     out(f"  Ledger total: {format_pence(tb['total_pence'])} (must be £0.00)   hash chain: "
         f"{'verified' if verify['ok'] else 'BROKEN: ' + verify['reason']} ({verify['entries_checked']} entries)")
     out(f"  Access control: no token -> HTTP {anonymous}; a read-only token running settlement -> HTTP {refused};"
-        f" the London finance team's token sees funds {london_funds}")
+        f" the London finance team's token sees funds {london_funds}; a London token paying a Newcastle trust ->"
+        f" HTTP {cross_region}")
     return {"total_pence": tb["total_pence"], "verified": int(verify["ok"])}
 
 

@@ -283,7 +283,7 @@ class ServiceProcess:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.url + "/health")).status_code == 200:
+                    if (await client.get(self.url + "/health/ready")).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"{self.name} not healthy after {timeout_s}s; see {self.log_path}")
@@ -320,6 +320,8 @@ class Stack:
                     f"{prefix}HTTP_PORT": str(port),
                     f"{prefix}DATABASE_URL": self.database_urls[name],
                     f"{prefix}KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap,
+                    # The local stack runs on the public development secret and keys: say so.
+                    "PATIENT_POWER_MODE": "development",
                     **self.extra_env.get(name, {}),
                 }
                 self.services[key] = ServiceProcess(name, port, env, self.work_dir / f"{key}.log")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def asyncapi(service: str) -> dict[str, Any]:
 
 
 def openapi(service: str) -> dict[str, Any]:
+    # The document does not depend on the mode; development mode lets the app be built without a
+    # deployment's keys (nothing is started: only the routes are read).
+    os.environ.setdefault("PATIENT_POWER_MODE", "development")
     if service == "feedback":
         from services.feedback.app import create_app
     elif service == "payments":
@@ -104,11 +108,34 @@ def openapi(service: str) -> dict[str, Any]:
     return create_app().openapi()
 
 
+README = DOCS.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- binding-table:start (make docs) -->", "<!-- binding-table:end -->"
+
+
+def binding_table() -> str:
+    """The README's route × scope × binding × refused table, from the services' policies."""
+    from services.feedback.policy import POLICY as FEEDBACK
+    from services.ledger.policy import POLICY as LEDGER
+    from services.payments.policy import POLICY as PAYMENTS
+
+    rows = ["| service | route | scope | the token's binding must cover | refused |", "|---|---|---|---|---|"]
+    for service, policy in (("feedback", FEEDBACK), ("payments", PAYMENTS), ("ledger", LEDGER)):
+        for (method, path), rule in policy.items():
+            rows.append(f"| {service} | `{method} {path}` | `{rule.scope}` | {rule.binding} | {rule.refused or '-'} |")
+    return "\n".join(rows)
+
+
+def readme_with_table(text: str) -> str:
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    return text[:start] + "\n" + binding_table() + "\n" + text[end:]
+
+
 def render() -> dict[Path, str]:
     out: dict[Path, str] = {}
     for service in ("feedback", "payments", "ledger"):
         out[DOCS / "openapi" / f"{service}.json"] = json.dumps(openapi(service), indent=2, sort_keys=True) + "\n"
         out[DOCS / "asyncapi" / f"{service}.json"] = json.dumps(asyncapi(service), indent=2, sort_keys=True) + "\n"
+    out[README] = readme_with_table(README.read_text())
     return out
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import CorruptRecordException, InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
 
@@ -33,6 +34,16 @@ OUTBOX_BACKLOG = Gauge("outbox_backlog", "Unpublished outbox rows at the last re
 OUTBOX_OLDEST_AGE = Gauge("outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row")
 OUTBOX_ERRORS = Counter("outbox_publish_errors_total", "Relay passes that failed to publish")
 OUTBOX_VACUUMS = Counter("outbox_vacuums_total", "VACUUMs of the outbox run by the relay", ["result"])
+OUTBOX_QUARANTINED = Counter("outbox_quarantined_total", "Outbox rows moved to outbox_quarantine: never publishable", ["topic"])
+OUTBOX_QUARANTINE_ROWS = Gauge("outbox_quarantine_rows", "Rows waiting in outbox_quarantine for an operator (alert while > 0)")
+
+# Errors that say this row can never be published, whatever the retries: it is quarantined, not
+# retried forever (one such row would otherwise block its whole relay). Anything else (the broker
+# down, a leader moving, an authorisation failure that a configuration change will fix) is retried.
+PERMANENT_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError, CorruptRecordException, ValueError, TypeError,
+    AttributeError,
+)
 
 # Rows larger than this (payload plus headers) go through ``producer.send`` on their own, which
 # checks them against the producer's max_request_size (1 MiB by default) as the relay always did.
@@ -107,6 +118,11 @@ class OutboxRelay:
         self._deleted_since_vacuum = 0
 
     async def start(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                OUTBOX_QUARANTINE_ROWS.set(await conn.fetchval("SELECT count(*) FROM outbox_quarantine"))
+        except (asyncpg.PostgresError, OSError):  # measured again at the next quarantine
+            pass
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
@@ -152,7 +168,14 @@ class OutboxRelay:
                     OUTBOX_BACKLOG.set(0)
                     OUTBOX_OLDEST_AGE.set(0)
                     return 0
-                await asyncio.gather(*await self._send_batches(rows))
+                try:
+                    await asyncio.gather(*await self._send_batches(rows))
+                except PERMANENT_ROW_ERRORS as exc:
+                    # Some row of the pass can never be published: find it, one row at a time (the
+                    # rows already acknowledged go again: at least once, and consumers are idempotent).
+                    log.warning("outbox pass failed permanently (%s); publishing its %d rows one by one",
+                                type(exc).__name__, len(rows))
+                    rows = await self._publish_one_by_one(conn, rows)
                 # Published rows are deleted, not marked: an UPDATE writes a new version of every
                 # row (payload included), a DELETE only flags the old one. The broker keeps the
                 # events; the journal of each service is its own record.
@@ -215,6 +238,28 @@ class OutboxRelay:
         for tp in list(open_batches):
             await submit(tp)
         return futures
+
+    async def _publish_one_by_one(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        """Publish each row alone, in id order; quarantine the ones that fail permanently (in the
+        caller's transaction) and return the ones published. A transient failure raises: the
+        whole pass is rolled back and retried."""
+        published = []
+        for r in rows:
+            try:
+                await asyncio.gather(*await self._send_batches([r]))
+            except PERMANENT_ROW_ERRORS as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+                await conn.execute(
+                    "INSERT INTO outbox_quarantine(id, topic, key, payload, headers, created_at, reason)"
+                    " SELECT id, topic, key, payload, headers, created_at, $2 FROM outbox WHERE id = $1"
+                    " ON CONFLICT (id) DO NOTHING", r["id"], reason)
+                await conn.execute("DELETE FROM outbox WHERE id = $1", r["id"])
+                OUTBOX_QUARANTINED.labels(r["topic"]).inc()
+                log.error("outbox row %d for %s quarantined: %s", r["id"], r["topic"], reason)
+                continue
+            published.append(r)
+        OUTBOX_QUARANTINE_ROWS.set(await conn.fetchval("SELECT count(*) FROM outbox_quarantine"))
+        return published
 
     async def _measure_backlog(self, conn: asyncpg.Connection, *, full: bool) -> None:
         """Backlog gauges. A pass that did not fill its batch left nothing behind (as of its

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -34,15 +35,20 @@ from shared.consumer import (
 from prometheus_client import Counter, Gauge
 
 from shared.kafka import ensure_topics, make_producer
+from shared.money import InvariantError
 from shared.logging import correlation_id_var
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
+from shared.http import bounded
 
 log = logging.getLogger(__name__)
 
 EVENTS_HANDLED = Counter("events_handled_total", "Events a consumer handled successfully", ["topic"])
 CONSUMER_LAG = Gauge("consumer_lag_records", "Records behind the partition's high watermark", ["topic", "partition", "group"])
 LAG_INTERVAL_S = 5.0
+# A consumer that has not polled the broker for this long is not ready: its loop died or a batch
+# has been stuck that long (a batch takes well under a second; the poll interval is 20 ms).
+READY_POLL_STALE_S = 60.0
 BATCH_RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
 T = TypeVar("T")
 
@@ -122,6 +128,9 @@ class Runtime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._lag_task: asyncio.Task | None = None
+        self._last_poll: dict[int, float] = {}  # id(subscriber) -> monotonic time of its last poll
+        self.keys: Any = None  # the auth KeyStore, started and stopped with the runtime (set by the app)
+        self.reference: Any = None  # shared.reference.ReferenceData, set by the app
 
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         self._on_start.append(fn)
@@ -165,13 +174,62 @@ class Runtime:
                 vacuum_every_rows=self.settings.outbox_vacuum_every_rows,
             )
             await self.relay.start()
+        if self.keys is not None:
+            await self.keys.start()
         for fn in self._on_start:
             await fn()
+        self._watch_polls()
         await self.broker.start()
         self._lag_task = asyncio.create_task(self._watch_lag(), name="consumer-lag")
         log.info("%s started", self.settings.service_name)
 
+    def _watch_polls(self) -> None:
+        """Record when each subscriber last asked the broker for records (readiness)."""
+        for sub in list(self.broker.subscribers):
+            inner = sub.get_msg
+            if getattr(inner, "_watched", False):
+                continue
+            key = id(sub)
+            self._last_poll[key] = time.monotonic()
+
+            async def get_msg(consumer: Any, _inner: Any = inner, _key: int = key) -> Any:
+                self._last_poll[_key] = time.monotonic()
+                return await _inner(consumer)
+
+            get_msg._watched = True  # type: ignore[attr-defined]
+            sub.get_msg = get_msg  # the subscriber's consume loop calls self.get_msg(consumer)
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state for /health/ready: "ok" or why not."""
+        checks: dict[str, str] = {}
+        if self.pool is None:
+            checks["postgresql"] = "not connected"
+        else:
+            async def ping_db() -> None:
+                async with self.pool.acquire(timeout=2) as conn:  # type: ignore[union-attr]
+                    await conn.fetchval("SELECT 1")
+
+            checks["postgresql"] = await bounded(ping_db())
+        if self.producer is None:
+            checks["broker"] = "not connected"
+        else:
+            checks["broker"] = await bounded(self.producer.client.fetch_all_metadata())
+        now = time.monotonic()
+        for sub in list(self.broker.subscribers):
+            name = "consumer " + ",".join(sorted(getattr(sub, "topic_names", None) or [])) or "consumer"
+            tasks = getattr(sub, "tasks", [])
+            if not tasks or any(t.done() for t in tasks):
+                checks[name] = "not running"
+            elif now - self._last_poll.get(id(sub), 0.0) > READY_POLL_STALE_S:
+                checks[name] = f"has not polled for {now - self._last_poll.get(id(sub), 0.0):.0f} s"
+            else:
+                checks[name] = "ok"
+        return checks
+
     async def stop(self) -> None:
+        if self.keys is not None:
+            with contextlib.suppress(Exception):
+                await self.keys.stop()
         if self._lag_task:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -255,6 +313,9 @@ class Runtime:
         except TRANSIENT_ERRORS as exc:
             await self.batch_failed_transiently(records, exc)
             raise
+        except InvariantError:
+            log.critical("a money invariant broke in a %s: not acknowledged, not dead-lettered", what)
+            raise
         except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
             first = records[0]
             log.warning("%s of %d from %s[%d]@%d failed (%s); handling it one record at a time", what, len(records),
@@ -311,6 +372,11 @@ class Runtime:
             log.warning("transient failure on %s@%d (%s), retrying", raw.topic, raw.offset, exc)
             await backoff(attempt)
             raise
+        except InvariantError:
+            # A bug, not bad input: never dead-letter money. The record stays unacknowledged and the
+            # partition stops here, loudly, until the code is fixed.
+            log.critical("a money invariant broke on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
+            raise
         except Exception as exc:
             attempt = self.attempts.bump(raw)
             if attempt >= self.settings.consumer_max_attempts:
@@ -323,3 +389,43 @@ class Runtime:
             raise
         finally:
             correlation_id_var.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP app every service builds the same way
+# ---------------------------------------------------------------------------------------------
+def service_app(runtime: Runtime, settings: ServiceSettings, *, title: str, description: str, router: Any,
+                policy: Mapping[tuple[str, str], Any], reference: Any, extra_problems: Sequence[str] = ()) -> Any:
+    """A service's FastAPI app: security settings enforced (production refuses to start on
+    anything insecure), bearer-token policy on every route of ``router``, problem details, probes,
+    protected /metrics, request body limits, and the runtime's lifespan."""
+    from fastapi import Depends
+
+    from shared import http, security
+    from shared.auth import config_from_settings, policy_dependency
+    from shared.http import Problem, static_token_matches
+
+    security.enforce(settings, settings.service_name, extra_problems)
+    auth = config_from_settings(settings, reference)
+    runtime.keys = auth.keys
+    app = http.ServiceAPI(title=title, version="1.0.0", description=description, lifespan=runtime.lifespan,
+                          max_body_size=http.DEFAULT_MAX_BODY_BYTES)
+    app.state.runtime = runtime
+    app.state.reference = reference
+    app.state.auth = auth
+    scrape_token = security.metrics_token(settings)
+
+    async def metrics_auth(token: str) -> bool:
+        if static_token_matches(scrape_token, token):
+            return True
+        try:
+            principal = await auth.verify(token)
+        except Problem:
+            return False
+        return "metrics:read" in principal.scopes
+
+    http.install(app, settings.service_name, readiness=runtime.readiness, metrics_auth=metrics_auth)
+    authorize = Depends(policy_dependency(policy, auth))
+    for r in router if isinstance(router, (list, tuple)) else [router]:  # e.g. writes and read models
+        app.include_router(r, dependencies=[authorize])
+    return app

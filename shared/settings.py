@@ -7,6 +7,7 @@ environment can point all services at one Kafka while each keeps its own databas
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -51,15 +52,35 @@ class ServiceSettings(BaseSettings):
     gc_gen0_threshold: int = Field(default=100_000, ge=700, le=10_000_000)
     consumer_max_attempts: int = Field(default=5, ge=1, le=100)
     log_level: str = "INFO"
-    # Bearer-token auth (shared/auth.py). The HS256 secret default is for development only;
-    # production sets AUTH_JWKS_JSON (the identity provider's public keys) and clears the secret.
-    auth_enabled: bool = Field(default=True, validation_alias=AliasChoices("AUTH_ENABLED"))
-    auth_hs256_secret: SecretStr | None = Field(
-        default=SecretStr("dev-only-jwt-secret-change-me-0123456789abcdef"), validation_alias=AliasChoices("AUTH_HS256_SECRET")
-    )
+    # One switch for the whole deployment (shared/security.py): "production" refuses to start on a
+    # development secret or key, an unset issuer or audience, or an open /metrics; "development"
+    # runs with the public development secret and keys and says so loudly at start.
+    mode: Literal["production", "development"] = Field(default="production", validation_alias=AliasChoices("PATIENT_POWER_MODE"))
+    # Bearer-token auth (shared/auth.py). No secret by default: development mode falls back to the
+    # public development secret; production sets AUTH_JWKS_JSON or AUTH_JWKS_URL (the identity
+    # provider's public keys) or a strong secret of its own.
+    auth_hs256_secret: SecretStr | None = Field(default=None, validation_alias=AliasChoices("AUTH_HS256_SECRET"))
     auth_jwks_json: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_JWKS_JSON"))
+    auth_jwks_url: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_JWKS_URL"))
+    auth_jwks_refresh_s: int = Field(default=300, ge=30, le=86_400, validation_alias=AliasChoices("AUTH_JWKS_REFRESH_S"))
     auth_issuer: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_ISSUER"))
     auth_audience: str | None = Field(default=None, validation_alias=AliasChoices("AUTH_AUDIENCE"))
+    # Longest token lifetime accepted (exp - now and exp - iat). None: 1 hour in production, 12
+    # hours in development (long enough for a test run or a demo, not for a forgotten token).
+    auth_max_token_lifetime_s: int | None = Field(default=None, ge=60, le=7 * 86_400,
+                                                  validation_alias=AliasChoices("AUTH_MAX_TOKEN_LIFETIME_S"))
+    auth_leeway_s: int = Field(default=30, ge=0, le=300, validation_alias=AliasChoices("AUTH_LEEWAY_S"))
+    # The static bearer token Prometheus scrapes /metrics with (tokens with metrics:read work
+    # too). None: development mode uses the public development scrape token; production refuses.
+    metrics_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("METRICS_TOKEN"))
+    # NHS reference data (regions, trusts, sites, ICBs, contracts); None = the shipped OGL extract.
+    reference_dir: Path | None = None
+
+    @property
+    def max_token_lifetime_s(self) -> int:
+        if self.auth_max_token_lifetime_s is not None:
+            return self.auth_max_token_lifetime_s
+        return 3600 if self.mode == "production" else 12 * 3600
 
 
 def settings_config(prefix: str) -> SettingsConfigDict:

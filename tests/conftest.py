@@ -17,7 +17,10 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.auth import SCOPES, mint
+# The tests build services in-process on the public development secret and keys.
+os.environ.setdefault("PATIENT_POWER_MODE", "development")
+
+from shared.auth import SCOPES, mint  # noqa: E402
 from shared.db import ensure_database
 from shared.devstack import docker_available, fresh_kafka, start_infra
 

@@ -38,7 +38,7 @@ from bench.e2e.probes import (
     lags,
     pct,
 )
-from bench.e2e.workload import Episode, Generator, json_array, kafka_envelope, previous_month
+from bench.e2e.workload import Episode, Generator, json_array, kafka_envelope, previous_month, settleable_month
 from shared.auth import bearer_headers
 from shared.devstack import Stack
 from shared.reference import load_reference
@@ -439,7 +439,7 @@ async def run(args: argparse.Namespace) -> int:
     quick = args.quick
     mode = "quick" if quick else ("full day" if args.payments == FULL_DAY and args.feedback == FULL_DAY // 3 else "reduced")
     today = date.today()
-    day_month = previous_month(today)
+    day_month = settleable_month(today)  # settled at the end: its decision windows have closed
     paced_month = previous_month(day_month)
     day_period = f"{day_month:%Y-%m}"
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="pp-bench-e2e-"))
@@ -471,7 +471,7 @@ async def run(args: argparse.Namespace) -> int:
                                     client_id="bench-e2e")
         await producer.start()
         dlq_before = await dead_letters(stack.infra.kafka_bootstrap)
-        reader = bearer_headers(["ledger:read"], subject="bench-finance")
+        reader = bearer_headers(["ledger:read", "ledger:audit"], subject="bench-finance")
         admin = bearer_headers(["schemes:admin"], subject="bench-finance-admin")
         async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as http:
             ledger = stack.url("ledger")

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.security import DEV_METRICS_TOKEN
 from shared.devstack import Stack
 from shared.topics import FEEDBACK_RECEIVED, LEDGER_POSTED, LEDGER_TRANSFER_REQUESTS
 
@@ -22,6 +23,8 @@ from shared.topics import FEEDBACK_RECEIVED, LEDGER_POSTED, LEDGER_TRANSFER_REQU
 HOLD, PAY, RELEASE, DIVERT = 0, 1, 2, 3
 PREFIXES = {b"hold": HOLD, b"pay": PAY, b"release": RELEASE, b"divert": DIVERT}
 SEEN, REJECTED = 1, 2
+
+SCRAPE = {"Authorization": f"Bearer {DEV_METRICS_TOKEN}"}  # the local stack's development scrape token
 
 
 class Tracker:
@@ -170,7 +173,7 @@ async def lags(http: httpx.AsyncClient, stack: Stack) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, svc in stack.services.items():
         try:
-            text = (await http.get(svc.url + "/metrics", timeout=5)).text
+            text = (await http.get(svc.url + "/metrics", timeout=5, headers=SCRAPE)).text
         except httpx.HTTPError:
             continue
         for line in text.splitlines():
@@ -202,7 +205,7 @@ async def batch_stats(http: httpx.AsyncClient, stack: Stack) -> dict[str, tuple[
         if svc is None:
             continue
         try:
-            text = (await http.get(svc.url + "/metrics", timeout=5)).text
+            text = (await http.get(svc.url + "/metrics", timeout=5, headers=SCRAPE)).text
         except httpx.HTTPError:
             continue
         sums = {f"{size}_count": 0.0, f"{size}_sum": 0.0, f"{secs}_sum": 0.0}

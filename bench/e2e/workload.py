@@ -34,6 +34,7 @@ from datetime import date, datetime, timedelta, timezone
 from itertools import accumulate
 
 from services.feedback.domain import synthetic_nhs_number
+from services.payments.domain import latest_settleable_period
 from shared.reference import ReferenceData
 
 # Rough size order of the trusts in the shipped extract (largest first, by patient contacts);
@@ -89,6 +90,11 @@ def previous_month(today: date) -> date:
     return (today.replace(day=1) - timedelta(days=1)).replace(day=1)
 
 
+def settleable_month(today: date, decision_window_days: int = 56) -> date:
+    """First day of the latest month that can be settled today (every decision window closed)."""
+    return date.fromisoformat(latest_settleable_period(today, decision_window_days) + "-01")
+
+
 class Generator:
     """Draws episodes for one phase, in order. ``feedback_ratio`` of them get one submission each,
     evenly spread so that ``count * feedback_ratio`` is exact."""
@@ -107,11 +113,10 @@ class Generator:
         self.providers = order
         self.provider_cum = list(accumulate((rank + 1) ** -ZIPF_EXPONENT for rank in range(len(order))))
         self.region = {c: ref.providers[c].region_code for c in order}
-        by_region: dict[str, list[str]] = {}
-        for icb in ref.commissioners.values():
-            by_region.setdefault(icb.region_code, []).append(icb.code)
-        self.own_icbs = {c: by_region.get(self.region[c], []) for c in order}
-        self.all_icbs = list(ref.commissioners)
+        # A commissioner pays only trusts it holds a contract with (reference data).
+        contracted = {c: sorted(icb for icb, trusts in ref.contracts.items() if c in trusts) for c in order}
+        self.own_icbs = {c: [i for i in contracted[c] if ref.commissioners[i].region_code == self.region[c]] for c in order}
+        self.other_icbs = {c: [i for i in contracted[c] if i not in self.own_icbs[c]] for c in order}
         self.services = list(SERVICE_MIX)
         self.service_cum = list(accumulate(v[0] for v in SERVICE_MIX.values()))
         self.fft_cum = list(accumulate(FFT_WEIGHTS))
@@ -125,8 +130,8 @@ class Generator:
     def next(self, index: int) -> Episode:
         rng = self.rng
         provider = self._pick(self.providers, self.provider_cum)
-        own = self.own_icbs[provider]
-        icb = rng.choice(own) if own and rng.random() < OWN_REGION_SHARE else rng.choice(self.all_icbs)
+        own, other = self.own_icbs[provider], self.other_icbs[provider]
+        icb = rng.choice(own) if own and (rng.random() < OWN_REGION_SHARE or not other) else rng.choice(other or own)
         service = self._pick(self.services, self.service_cum)
         _share, median, sigma = SERVICE_MIX[service]
         amount = int(rng.lognormvariate(math.log(median * 100), sigma))

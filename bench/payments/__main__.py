@@ -315,7 +315,8 @@ async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> 
                 held = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'held'")
             t0 = time.perf_counter()
             reports = await store.run_settlement(rt.pool, rt.book, period=period_of(date.fromisoformat(ACTIVITY)),
-                                                 provider_code=None, run_by="bench", correlation_id="bench-settlement")
+                                                 provider_code=None, run_by="bench", correlation_id="bench-settlement",
+                                                 today=date.fromisoformat(ACTIVITY) + timedelta(days=120))
             elapsed = time.perf_counter() - t0
             async with rt.pool.acquire() as conn:
                 settled = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'settled'")

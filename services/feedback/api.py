@@ -6,7 +6,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -15,9 +15,11 @@ from pydantic import BaseModel, ValidationError
 
 from services.feedback import domain, fhir, store
 from shared.auth import principal_of
-from shared.http import PROBLEM_RESPONSES, Problem, problem
+from shared.contracts import PeriodCode
+from shared.http import PROBLEM_RESPONSES, Problem, clean_message, problem
 from shared.logging import correlation_id_var
 from shared.outbox import enqueue
+from shared.reach import Reach, reach_of
 from shared.service import BATCH_RACE_RETRIES
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,8 @@ class AcceptedView(BaseModel):
 class BatchItemResult(BaseModel):
     index: int
     submission_id: str | None = None
-    outcome: Literal["created", "duplicate", "invalid", "conflict", "error"]
-    status: int  # the status this item would have had on its own: 202, 200, 422, 409 (500 for "error")
+    outcome: Literal["created", "duplicate", "invalid", "forbidden", "conflict", "error"]
+    status: int  # the status this item would have had on its own: 202, 200, 422, 403, 409 (500 for "error")
     result: AcceptedView | None = None
     detail: str | None = None
     errors: list[dict[str, str]] | None = None
@@ -71,7 +73,8 @@ class PromReport(BaseModel):
 def _errors(exc: ValidationError) -> list[dict[str, str]]:
     # Never echo input values back: they may hold an NHS number (messages are redacted too).
     # An unexpected key is named in loc, so the field is redacted as well as the message.
-    return [{"field": domain.redact(".".join(str(p) for p in e["loc"])) or "(body)", "message": domain.redact(str(e["msg"]))}
+    return [{"field": domain.redact(".".join(str(p) for p in e["loc"])) or "(body)",
+             "message": domain.redact(clean_message(str(e["msg"])))}
             for e in exc.errors()[:20]]
 
 
@@ -91,6 +94,26 @@ def parse_submission(body: Any, idempotency_key: str | None = None) -> domain.Su
         return domain.Submission.model_validate(body)
     except ValidationError as exc:
         raise _invalid(_errors(exc)) from exc
+
+
+def _reach(request: Request) -> Reach:
+    return reach_of(principal_of(request), request.app.state.reference)
+
+
+def admit(request: Request, sub: domain.Submission, field_name: Callable[[str], str] = lambda f: f) -> None:
+    """Refuse what no channel accepts (an unknown provider, an implausible authored_at: 422) and
+    what this token may not send (another trust's feedback: 403). ``field_name`` maps a
+    submission field to the name the client used (the FHIR element)."""
+    rt = request.app.state.runtime
+    window = domain.authored_window(datetime.now(timezone.utc), rt.settings.authored_at_max_age_days,
+                                    rt.settings.authored_at_max_skew_s)
+    refused = domain.admission_refusal(sub, request.app.state.reference, window)
+    if refused is not None:
+        field, why = field_name(refused[0]), refused[1]
+        raise Problem(422, "Invalid submission", f"{field}: {why}", errors=[{"field": field, "message": why}])
+    reach = _reach(request)
+    if not reach.acts_for_provider(sub.provider_code):
+        raise reach.refuse(field_name("provider_code"), f"provider {sub.provider_code}")
 
 
 async def _accept_one(request: Request, sub: domain.Submission, channel: str) -> store.Accepted:
@@ -120,6 +143,7 @@ async def submit(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=100)] = None,
 ) -> AcceptedView:
     sub = parse_submission(body, idempotency_key)
+    admit(request, sub)
     accepted = await _accept_one(request, sub, "http")
     if accepted.status == "duplicate":
         response.status_code = 200
@@ -214,7 +238,7 @@ async def _store_valid(pool: asyncpg.Pool, valid: Valid, keys: domain.Keyring, c
     return await _in_transaction(pool, _store_item_by_item, valid, keys, cid)
 
 
-@router.post("/submissions/batch", response_model=BatchResult, tags=["submissions"],
+@router.post("/submissions/batch", response_model=BatchResult, tags=["submissions"], max_body_size=4 * 1024 * 1024,
              summary="Up to FEEDBACK_BATCH_MAX_ITEMS (default 500) submissions; each succeeds or fails on its own")
 async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchResult:
     """A JSON array of submissions. The response lists one result per item, in order.
@@ -239,10 +263,12 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
         sid = raw.get("submission_id") if isinstance(raw, dict) else None
         sid = sid if isinstance(sid, str) and len(sid) <= 100 else None
         try:
-            valid.append((i, parse_submission(raw)))
+            sub = parse_submission(raw)
+            admit(request, sub)
+            valid.append((i, sub))
         except Problem as p:
-            results[i] = BatchItemResult(index=i, submission_id=sid, outcome="invalid", status=422, detail=p.detail,
-                                         errors=p.extra.get("errors"))
+            results[i] = BatchItemResult(index=i, submission_id=sid, outcome="forbidden" if p.status == 403 else "invalid",
+                                         status=p.status, detail=p.detail, errors=p.extra.get("errors"))
     if valid:
         cid = correlation_id_var.get() or str(uuid.uuid4())
         results.update(await _store_valid(request.app.state.runtime.pool, valid, request.app.state.keyring, cid))
@@ -252,6 +278,7 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
 
 
 @router.post("/fhir/QuestionnaireResponse", response_model=AcceptedView, status_code=202, tags=["fhir"],
+             max_body_size=MAX_FHIR_BODY_BYTES,
              summary="Submit a FHIR R4 (UK Core) QuestionnaireResponse, application/fhir+json",
              responses={**DUPLICATE, 413: problem("Body larger than 1 MB (problem details)"),
                         415: problem("Content-Type is not application/fhir+json or application/json (problem details)")},
@@ -298,6 +325,7 @@ async def submit_fhir(
         errors = [{"field": domain.redact(fhir.fhir_field(e["loc"], paths)), "message": domain.redact(str(e["msg"]))}
                   for e in exc.errors()[:20]]
         raise _invalid(errors, "Invalid QuestionnaireResponse") from exc
+    admit(request, sub, lambda f: fhir.fhir_field((f,), paths))
     accepted = await _accept_one(request, sub, "fhir")
     if accepted.status == "duplicate":
         response.status_code = 200
@@ -305,9 +333,8 @@ async def submit_fhir(
 
 
 def _visible(request: Request, provider_code: str) -> bool:
-    """Region-scoped tokens see only their regions' providers (unknown providers: national tokens only)."""
-    region = request.app.state.reference.region_of_provider(provider_code)
-    return principal_of(request).sees_region(region)
+    """A bound token sees only the providers its binding reaches (unknown providers: national tokens only)."""
+    return _reach(request).sees_provider(provider_code)
 
 
 FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UTC). Providers with 1-4 responses "
@@ -317,7 +344,7 @@ FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UT
 
 @router.get("/reports/fft", response_model=FftReport, tags=["reports"],
             summary="FFT % positive and % negative per provider for a month, with NHS-style suppression")
-async def fft_report(request: Request, period: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]) -> FftReport:
+async def fft_report(request: Request, period: Annotated[PeriodCode, Query(description="YYYY-MM")]) -> FftReport:
     try:
         store.month_bounds(period)
     except ValueError as exc:  # matches the pattern but is no calendar month (0000-01, 9999-12): 422, not 500

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.feedback import api, consumer
+from services.feedback.policy import POLICY
 from services.feedback.privacy import install_log_redaction
 from services.feedback.settings import FeedbackSettings
-from services.feedback.policy import POLICY
-from shared import http
-from shared.auth import config_from_settings, policy_dependency
 from shared.reference import load_reference
+from shared.service import service_app
 
 
 def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     settings = settings or FeedbackSettings()
     install_log_redaction()
+    reference = load_reference(settings.reference_dir)
     runtime = consumer.FeedbackRuntime(settings, migrations=("services.feedback",))
-    consumer.register(runtime, settings)
-    app = FastAPI(
-        title="Patient Power feedback",
-        version="1.0.0",
-        description="Takes PREM/PROM submissions (JSON, FHIR QuestionnaireResponse, Kafka), pseudonymises them, stores them durably, emits events and reports FFT and PROM results.",
-        lifespan=runtime.lifespan,
-    )
-    app.state.runtime = runtime
+    runtime.reference = reference
+    problems = settings.security_problems()
+    app = service_app(runtime, settings, title="Patient Power feedback",
+                      description="Takes PREM/PROM submissions (JSON, FHIR QuestionnaireResponse, Kafka), pseudonymises them,"
+                                  " stores them durably, emits events and reports FFT and PROM results.",
+                      router=api.router, policy=POLICY, reference=reference, extra_problems=problems)
+    consumer.register(runtime, settings)  # after the security checks: the keyring needs a key
     app.state.keyring = settings.keyring()
-    app.state.reference = load_reference()
-    http.install(app, "feedback")
-    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
     return app

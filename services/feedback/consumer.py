@@ -33,6 +33,7 @@ Error policy, per record, as ``Runtime.handle_one`` (shared/service.py) on the p
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 from faststream.kafka import KafkaMessage
@@ -50,6 +51,7 @@ from shared.consumer import (
 from shared.contracts import Envelope
 from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records
 from shared.topics import FEEDBACK_SUBMITTED, FEEDBACK_SUBMITTED_DLQ
+from shared.tracing import safe_correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +85,29 @@ class Intake:
 
     def __init__(self, runtime: Runtime, settings: Any) -> None:
         self.rt = runtime
+        self.settings = settings
         self.keys = settings.keyring()
+
+    def _refusal(self, sub: domain.Submission) -> str | None:
+        """Why the intake refuses a well-formed submission (an unknown provider, an implausible
+        authored_at): the same rule as the HTTP channels (domain.admission_refusal)."""
+        window = domain.authored_window(datetime.now(timezone.utc), self.settings.authored_at_max_age_days,
+                                        self.settings.authored_at_max_skew_s)
+        refused = domain.admission_refusal(sub, self.rt.reference, window)
+        return None if refused is None else f"data.{refused[0]}: {refused[1]}"
 
     # -- one record, one transaction (the fallback, and what a batch must be equivalent to) ----
     async def process(self, value: bytes) -> None:
         env = _SUBMITTED.model_validate_json(value)
+        why = self._refusal(env.data)
+        if why is not None:
+            raise BadEvent(why)
         try:
             async with self.rt.pool.acquire() as conn:
                 async with conn.transaction():
                     await store.accept(
                         conn, env.data, keys=self.keys, channel="kafka",
-                        correlation_id=env.correlation_id, causation_id=str(env.event_id),
+                        correlation_id=safe_correlation_id(env.correlation_id), causation_id=str(env.event_id),
                     )
         except store.Conflict as exc:
             raise BadEvent(str(exc)) from exc
@@ -117,8 +131,13 @@ class Intake:
             except ValidationError as exc:
                 dead.append((i, raw, validation_reason(exc), "invalid"))
                 continue
+            why = self._refusal(env.data)
+            if why is not None:
+                dead.append((i, raw, why, "rejected"))
+                continue
             parsed.append((i, raw))
-            items.append(store.Incoming(env.data, env.correlation_id, str(env.event_id)))
+            # An app backend's correlation id travels into events and logs: only a safe one does.
+            items.append(store.Incoming(env.data, safe_correlation_id(env.correlation_id), str(env.event_id)))
         async def write(conn: Any) -> list[store.Accepted | store.Conflict]:
             return await store.accept_batch(conn, items, keys=self.keys, channel="kafka")
 

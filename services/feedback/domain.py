@@ -11,15 +11,20 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal, Union
 
 import nhs_number
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from shared.contracts import ExternalId, FftAnswer, OdsCode, PatientChoice
+from shared.contracts import ExternalId, FftAnswer, OdsCode, PatientChoice, ServiceType
+from shared.reference import ReferenceData
+from shared.tracing import nhs_check_digit_ok
 
 MAX_FREE_TEXT_CHARS = 2000
+# Modes of collection as the national FFT publication groups them.
+CollectionMode = Literal["sms", "app", "online", "tablet", "paper", "telephone", "other"]
+OPTIONAL_PUBLICATION_FIELDS = ("setting", "collection_mode")
 
 
 def valid_nhs_number(value: str) -> str:
@@ -150,6 +155,10 @@ class Submission(BaseModel):
     answers: Answers
     free_text: str | None = Field(default=None, max_length=MAX_FREE_TEXT_CHARS)
     amends_submission_id: ExternalId | None = None
+    # Optional, for FFT publication parity (NHS England publishes FFT results by setting and mode
+    # of collection): the care setting the answer is about and how it was collected.
+    setting: ServiceType | None = Field(default=None, description="The care setting (inpatient, a_and_e, maternity, ...)")
+    collection_mode: CollectionMode | None = Field(default=None, description="How the answer was collected")
 
     @field_validator("nhs_number")
     @classmethod
@@ -170,6 +179,52 @@ class Submission(BaseModel):
         if v.tzinfo is None:
             raise ValueError("authored_at must include a time zone")
         return v
+
+    # How many NHS numbers were removed from free_text before anything else saw it.
+    _free_text_redactions: int = PrivateAttr(default=0)
+
+    @model_validator(mode="after")
+    def _no_nhs_numbers_in_free_text(self) -> "Submission":
+        # Patients write their NHS number into comments ("my nhs number is 943 476 5919"). Free
+        # text is stored, so it is redacted here, on every channel, before it is hashed or stored.
+        if self.free_text:
+            cleaned, removed = redact_nhs_numbers(self.free_text)
+            if removed:
+                redacted = self.model_copy(update={"free_text": cleaned})
+                redacted._free_text_redactions = removed
+                return redacted
+        return self
+
+    @property
+    def free_text_redactions(self) -> int:
+        return self._free_text_redactions
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission: what a channel refuses whatever the submission's shape
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuthoredWindow:
+    """The plausible authored_at instants: not in the future (bar clock skew) nor years old."""
+
+    earliest: datetime
+    latest: datetime
+
+
+def authored_window(now: datetime, max_age_days: int, skew_s: int = 300) -> AuthoredWindow:
+    return AuthoredWindow(now - timedelta(days=max_age_days), now + timedelta(seconds=skew_s))
+
+
+def admission_refusal(sub: Submission, ref: ReferenceData, window: AuthoredWindow) -> tuple[str, str] | None:
+    """(field, why) a submission is refused on any channel, or None: the provider (a trust or one
+    of its sites) must be known to the reference data, and authored_at plausible."""
+    if ref.trust_of(sub.provider_code) is None:
+        return "provider_code", f"{sub.provider_code} is not a known trust or site"
+    if sub.authored_at > window.latest:
+        return "authored_at", f"{sub.authored_at.isoformat()} is in the future"
+    if sub.authored_at < window.earliest:
+        return "authored_at", f"{sub.authored_at.isoformat()} is earlier than {window.earliest.date().isoformat()}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +435,27 @@ def _fft_row(provider: str, full: dict[str, int]) -> FftRow:
 _TEN_DIGITS = re.compile(r"\d(?:[ -]?\d){9,}")
 _TEN_DIGITS_B = re.compile(rb"\d(?:[ -]?\d){9,}")
 REDACTED = "[redacted]"
+
+
+NHS_NUMBER_REMOVED = "[NHS number removed]"
+# Ten digits with at most one space, dash or dot between any two, not inside a longer digit run.
+_NHS_IN_TEXT = re.compile(r"(?<!\d)\d(?:[ .\-]?\d){9}(?!\d)")
+
+
+def redact_nhs_numbers(text: str) -> tuple[str, int]:
+    """``text`` with every NHS-number-shaped value (ten digits, however spaced, with a valid
+    check digit) replaced, and how many were replaced. A ten-digit run that fails the check (a
+    phone number, a reference) is left alone: free text is the patient's, kept as written."""
+    removed = 0
+
+    def replace(m: re.Match[str]) -> str:
+        nonlocal removed
+        if nhs_check_digit_ok(re.sub(r"[ .\-]", "", m.group(0))):
+            removed += 1
+            return NHS_NUMBER_REMOVED
+        return m.group(0)
+
+    return _NHS_IN_TEXT.sub(replace, text), removed
 
 
 def redact(text: str) -> str:

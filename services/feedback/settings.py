@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from services.feedback.domain import Keyring
 
 PREFIX = "FEEDBACK_"
+DEV_PSEUDONYM_KEY = "dev-only-pseudonym-key-change-me"  # public: development only
 
 
 class FeedbackSettings(ServiceSettings):
@@ -24,9 +25,9 @@ class FeedbackSettings(ServiceSettings):
         default="127.0.0.1:9092", validation_alias=_aliases(PREFIX, "KAFKA_BOOTSTRAP_SERVERS")
     )
     consumer_group: str = "feedback"
-    # The HMAC key that turns NHS numbers into pseudonyms. The default is for development only;
-    # production sets FEEDBACK_PSEUDONYM_KEY from a secret store. See README "Key rotation".
-    pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key-change-me")
+    # The HMAC key that turns NHS numbers into pseudonyms, from a secret store (README "Key
+    # rotation"). Unset: development mode uses the public development key; production refuses.
+    pseudonym_key: SecretStr | None = None
     pseudonym_key_id: str = Field(default="dev-1", pattern=r"^[A-Za-z0-9._-]{1,40}$")
     batch_max_items: int = Field(default=500, ge=1, le=5000)
     # Kafka intake: records per batch (one database transaction) and how long to wait to fill one.
@@ -41,11 +42,30 @@ class FeedbackSettings(ServiceSettings):
     prom_min_count: int = Field(default=30, ge=1, le=10_000)
     prom_min_count_floor: int = Field(default=5, ge=1, le=10_000)
 
+    # The plausible authored_at of a submission: at most this many days old, and no later than
+    # now plus the clock skew allowed between an app backend and this service.
+    authored_at_max_age_days: int = Field(default=730, ge=1, le=3650)
+    authored_at_max_skew_s: int = Field(default=300, ge=0, le=86_400)
+
+    def security_problems(self) -> list[str]:
+        """The feedback service's own findings for shared.security (production refuses them)."""
+        key = self.pseudonym_key.get_secret_value() if self.pseudonym_key is not None else ""
+        if not key or key == DEV_PSEUDONYM_KEY:
+            return ["FEEDBACK_PSEUDONYM_KEY is not set (the development key is public)"]
+        if len(key.encode()) < 32:
+            return ["FEEDBACK_PSEUDONYM_KEY is shorter than 32 bytes"]
+        return []
+
     def keyring(self) -> "Keyring":
         from services.feedback.domain import Keyring
 
+        key = self.pseudonym_key.get_secret_value() if self.pseudonym_key is not None else None
+        if key is None and self.mode == "development":
+            key = DEV_PSEUDONYM_KEY
+        if key is None:
+            raise ValueError("FEEDBACK_PSEUDONYM_KEY is not set")
         return Keyring(
             current_id=self.pseudonym_key_id,
-            current=self.pseudonym_key.get_secret_value().encode(),
+            current=key.encode(),
             previous={k: v.get_secret_value().encode() for k, v in self.pseudonym_previous_keys.items()},
         )

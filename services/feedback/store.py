@@ -35,6 +35,9 @@ class Accepted:
 def content_hash(sub: domain.Submission, pseudonym: str) -> str:
     """Hash of what was submitted, with the pseudonym in place of the NHS number."""
     body = sub.model_dump(mode="json", exclude={"nhs_number"})
+    for name in domain.OPTIONAL_PUBLICATION_FIELDS:  # added later: absent ones leave older hashes as they were
+        if body.get(name) is None:
+            body.pop(name, None)
     body["patient"] = pseudonym
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -170,11 +173,12 @@ async def accept(
     inserted = await conn.fetchval(
         "INSERT INTO submissions(submission_id, episode_id, provider_code, patient_pseudonym, pseudonym_key_id, instrument,"
         " answers, scores, free_text, authored_at, channel, content_hash, amends_submission_id, is_amendment, procedure, timing,"
-        " received_at) VALUES ($1,$2,$3,$4,$5,$6,$7::jsonb,$8::jsonb,$9,$10,$11,$12,$13,$14,$15,$16,"
-        " coalesce($17::timestamptz, now())) ON CONFLICT DO NOTHING RETURNING 1",
+        " received_at, free_text_redactions, setting, collection_mode) VALUES ($1,$2,$3,$4,$5,$6,$7::jsonb,$8::jsonb,$9,$10,$11,"
+        "$12,$13,$14,$15,$16, coalesce($17::timestamptz, now()), $18, $19, $20) ON CONFLICT DO NOTHING RETURNING 1",
         sub.submission_id, sub.episode_id, sub.provider_code, pseudonym, keys.current_id, answers.instrument,
         answers.model_dump_json(), json.dumps(scores), sub.free_text, sub.authored_at, channel, digest,
         amends, is_amendment, pair_key[1] if pair_key else None, pair_key[2] if pair_key else None, received_at,
+        sub.free_text_redactions, sub.setting, sub.collection_mode,
     )
     if not inserted:  # a concurrent request with the same id won the race
         again = await _prior(conn, sub, keys)
@@ -257,12 +261,14 @@ _FIRST_PROMS = (
 _INSERT_MANY = (
     "INSERT INTO submissions(submission_id, episode_id, provider_code, patient_pseudonym, pseudonym_key_id, instrument,"
     " answers, scores, free_text, authored_at, channel, content_hash, amends_submission_id, is_amendment, procedure, timing,"
-    " received_at)"
+    " received_at, free_text_redactions, setting, collection_mode)"
     " SELECT u.sid, u.ep, u.prov, u.ps, $5, u.inst, u.answers::jsonb, u.scores::jsonb, u.free_text, u.authored, $11,"
-    " u.digest, u.amends, u.is_amendment, u.proc, u.tim, u.received"
+    " u.digest, u.amends, u.is_amendment, u.proc, u.tim, u.received, u.redactions, u.setting, u.mode"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::text[], $7::text[], $8::text[], $9::text[],"
-    " $10::timestamptz[], $12::text[], $13::text[], $14::bool[], $15::text[], $16::text[], $17::timestamptz[])"
-    " AS u(sid, ep, prov, ps, inst, answers, scores, free_text, authored, digest, amends, is_amendment, proc, tim, received)"
+    " $10::timestamptz[], $12::text[], $13::text[], $14::bool[], $15::text[], $16::text[], $17::timestamptz[], $18::smallint[],"
+    " $19::text[], $20::text[])"
+    " AS u(sid, ep, prov, ps, inst, answers, scores, free_text, authored, digest, amends, is_amendment, proc, tim, received,"
+    " redactions, setting, mode)"
     " ON CONFLICT DO NOTHING RETURNING submission_id"
 )
 _INSERT_PAIR = (
@@ -420,7 +426,8 @@ async def _store_new(conn: asyncpg.Connection, new: list[tuple[int, Incoming, _N
         [r.sub.free_text for r in rows], [r.sub.authored_at for r in rows], channel, [r.digest for r in rows],
         [r.amends for r in rows], [r.is_amendment for r in rows],
         [r.pair_key[1] if r.pair_key else None for r in rows], [r.pair_key[2] if r.pair_key else None for r in rows],
-        [r.received_at for r in rows],
+        [r.received_at for r in rows], [r.sub.free_text_redactions for r in rows],
+        [r.sub.setting for r in rows], [r.sub.collection_mode for r in rows],
     )
     if len(inserted) != len(rows):
         raise Raced(f"{len(rows) - len(inserted)} of the batch's submission ids were stored by another transaction")

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from fastapi.responses import Response
-from pydantic import BaseModel, Field, field_validator
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from services.ledger import store
-from services.ledger.policy import may_see
+from services.ledger import admission, store
+from shared import namespaces
 from shared.auth import principal_of
 from shared.contracts import AccountId, TransferRequested
 from shared.http import PROBLEM_RESPONSES, Problem
 from shared.logging import correlation_id_var
+from shared.reach import Reach, not_found, reach_of
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 PAGE_MAX = 1000
+# A journal entry's transfer id: a client's (TransferId) or the ledger's own expiry of one.
+EntryId = Annotated[str, StringConstraints(min_length=1, max_length=140,
+                                           pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*(~expired)?$")]
 AccountType = Literal["commissioner", "provider", "held", "fund"]
 
 
@@ -127,6 +132,7 @@ class PostResult(BaseModel):
 class VerifyResult(BaseModel):
     ok: bool
     entries_checked: int
+    verified_through_seq: int = Field(0, description="The chain checks out up to this entry (on failure: the last good one)")
     reason: str
     head_seq: int | None = None
     head_hash: str | None = None
@@ -134,28 +140,40 @@ class VerifyResult(BaseModel):
     first_bad_transfer_id: str | None = None
 
 
+METADATA_MAX_BYTES = 16 * 1024  # an account's metadata is a label or two, not a document store
+METADATA_MAX_DEPTH = 4
+
+
 class AccountMetadata(BaseModel):
-    metadata: dict[str, Any] = Field(default_factory=dict, max_length=50)
+    model_config = {"extra": "forbid"}
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=50,
+                                     description=f"Free-form labels; at most 50 keys, {METADATA_MAX_DEPTH} levels deep and"
+                                                 f" {METADATA_MAX_BYTES} bytes as JSON")
 
     @field_validator("metadata")
     @classmethod
     def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Stored as jsonb, which holds neither U+0000 nor NaN/Infinity (Python's JSON parser accepts
-        # both): refuse them with a 422 instead of failing in the database with a 500.
-        def check(v: Any) -> None:
+        # both): refuse them with a 422 instead of failing in the database with a 500. Bounded in
+        # size and depth so an account cannot carry megabytes.
+        def check(v: Any, depth: int) -> None:
+            if depth > METADATA_MAX_DEPTH:
+                raise ValueError(f"must be at most {METADATA_MAX_DEPTH} levels deep")
             if isinstance(v, str) and "\x00" in v:
                 raise ValueError("must not contain the NUL character (U+0000)")
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError("numbers must be finite")
             if isinstance(v, dict):
                 for k, item in v.items():
-                    check(k)
-                    check(item)
+                    check(k, depth)
+                    check(item, depth + 1)
             elif isinstance(v, list):
                 for item in v:
-                    check(item)
+                    check(item, depth + 1)
 
-        check(value)
+        check(value, 1)
+        if len(json.dumps(value, separators=(",", ":"))) > METADATA_MAX_BYTES:
+            raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
         return value
 
 
@@ -163,20 +181,21 @@ def _pool(request: Request):  # type: ignore[no-untyped-def]
     return request.app.state.runtime.pool
 
 
-def _visible(request: Request, account_id: str) -> bool:
-    reference = getattr(request.app.state, "reference", None)
-    principal = principal_of(request)
-    return principal.regions is None or (reference is not None and may_see(principal, account_id, reference))
+def _reach(request: Request) -> Reach:
+    return reach_of(principal_of(request), request.app.state.reference)
 
 
 def _check_visible(request: Request, account_id: str) -> None:
-    if not _visible(request, account_id):
-        raise Problem(403, "Forbidden", f"{account_id} is outside the regions of this token")
+    if admission.unknown_account(account_id, request.app.state.reference):
+        raise not_found(f"account {account_id}")  # no organisation of that code: no such account
+    reach = _reach(request)
+    reach.require(reach.sees_account(account_id), "account_id", account_id)
 
 
 def _check_unlimited(request: Request) -> None:
-    if principal_of(request).regions is not None:
-        raise Problem(403, "Forbidden", "the trial balance covers every region; it needs a token without a region limit")
+    reach = _reach(request)
+    if not reach.national:
+        raise reach.refuse("(token)", "the trial balance covers every region; it")
 
 
 def _aware(name: str, value: datetime | None) -> None:
@@ -202,16 +221,6 @@ def _cursor(cursor: str | None, shape: tuple[type, ...] = (str,)) -> list[Any] |
         raise Problem(400, "Bad request", "cursor is not one this API returned", errors=[{"field": "cursor", "message": "bad cursor"}])
 
 
-def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(columns)
-    for r in rows:
-        w.writerow(["" if r.get(c) is None else (r[c].isoformat() if isinstance(r.get(c), datetime) else r[c]) for c in columns])
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{filename}"'})
-
-
 # ---------------------------------------------------------------------------------------------
 # Accounts and balances
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +237,9 @@ async def list_accounts(
     async with _pool(request).acquire() as conn:
         rows = await store.list_accounts(conn, type_=type, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
     page = rows[:limit]
-    # A region-limited token sees only its regions' accounts (a page may then be shorter).
-    items = [Balance(**r) for r in page if _visible(request, r["account_id"])]
+    # A bound token sees only the accounts its binding reaches (a page may then be shorter).
+    reach = _reach(request)
+    items = [Balance(**r) for r in page if reach.sees_account(r["account_id"])]
     return AccountPage(items=items, next_cursor=store.encode_cursor(page[-1]["account_id"]) if len(rows) > limit else None)
 
 
@@ -247,6 +257,11 @@ async def get_balance(request: Request, account_id: AccountId, as_of: datetime |
 @router.put("/accounts/{account_id}", response_model=Balance, tags=["balances"],
             summary="Declare an account (type and floor follow from its id) and set its metadata")
 async def put_account(request: Request, account_id: Annotated[AccountId, Path()], body: Annotated[AccountMetadata, Body()]) -> Balance:
+    if admission.unknown_account(account_id, request.app.state.reference):
+        raise Problem(422, "Invalid request", f"{account_id} names an organisation the reference data does not know",
+                      errors=[{"field": "account_id", "message": "unknown organisation"}])
+    reach = _reach(request)
+    reach.require(reach.moves_account(account_id), "account_id", account_id)
     async with _pool(request).acquire() as conn:
         return Balance(**await store.set_metadata(conn, account_id, body.metadata))
 
@@ -300,10 +315,13 @@ async def get_statement(
     )
 
 
-CSV_ROWS_MAX = 1_000_000
+def _csv_line(values: list[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in values])
+    return out.getvalue()
 
 
-@router.get("/accounts/{account_id}/statement.csv", tags=["statements"], summary="Statement for a period as CSV (all lines)",
+@router.get("/accounts/{account_id}/statement.csv", tags=["statements"], summary="Statement for a period as CSV (all lines, streamed)",
             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 async def statement_csv(
     request: Request,
@@ -311,20 +329,28 @@ async def statement_csv(
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: Annotated[datetime | None, Query()] = None,
 ) -> Response:
-    lines: list[dict[str, Any]] = []
-    cursor = None
-    opening = None
-    while len(lines) < CSV_ROWS_MAX:
-        found = await _statement(request, account_id, from_, to, cursor, PAGE_MAX)
-        opening = found["opening_balance_pence"] if opening is None else opening
-        lines.extend({**line, "cause_kind": line["cause"].get("kind")} for line in found["lines"])
-        nxt = found["next_after"]
-        if not nxt:
-            break
-        cursor = store.encode_cursor(nxt[0].isoformat(), nxt[1])
-    rows = [{"entry_seq": "", "posted_at": from_, "transfer_id": "", "kind": "opening_balance", "cause_kind": "",
-             "amount_pence": "", "balance_after_pence": opening}, *lines]
-    return _csv(rows, STATEMENT_COLUMNS, f"statement-{account_id.replace(':', '-')}.csv")
+    # Checked before streaming starts, so a refusal is still a problem response.
+    first = await _statement(request, account_id, from_, to, None, PAGE_MAX)
+
+    async def lines() -> Any:
+        # Page by page, each page one query: memory stays one page whatever the statement's length.
+        yield _csv_line(STATEMENT_COLUMNS)
+        yield _csv_line(["", from_, "", "opening_balance", "", "", first["opening_balance_pence"], "", "", ""])
+        found: dict[str, Any] | None = first
+        while found is not None:
+            for line in found["lines"]:
+                yield _csv_line([line["entry_seq"], line["posted_at"], line["transfer_id"], line["kind"], line["cause"].get("kind"),
+                                 line["amount_pence"], line["balance_after_pence"], line["pending_pence"],
+                                 line["pending_debits_after_pence"], line["pending_credits_after_pence"]])
+            nxt = found["next_after"]
+            if not nxt:
+                break
+            async with _pool(request).acquire() as conn:
+                found = await store.statement(conn, account_id, from_=from_, to=to, after=nxt, limit=PAGE_MAX)
+
+    filename = f"statement-{account_id.replace(':', '-')}.csv"
+    return StreamingResponse(lines(), media_type="text/csv; charset=utf-8",
+                             headers={"content-disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/trial-balance", response_model=TrialBalance, tags=["balances"],
@@ -358,17 +384,29 @@ async def trial_balance(
 TB_COLUMNS = ["account_id", "type", "posted_pence", "pending_debits_pence", "pending_credits_pence", "available_pence", "floor_pence"]
 
 
-@router.get("/trial-balance.csv", tags=["balances"], summary="Trial balance as CSV, with a total row",
+@router.get("/trial-balance.csv", tags=["balances"], summary="Trial balance as CSV, with a total row (streamed)",
             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 async def trial_balance_csv(request: Request, as_of: datetime | None = None) -> Response:
     _check_unlimited(request)
     _aware("as_of", as_of)
-    async with _pool(request).acquire() as conn:
-        rows = await store.trial_balance(conn, as_of)
-    total = {"account_id": "TOTAL", "type": "", "posted_pence": sum(r["posted_pence"] for r in rows),
-             "pending_debits_pence": sum(r["pending_debits_pence"] for r in rows),
-             "pending_credits_pence": sum(r["pending_credits_pence"] for r in rows)}
-    return _csv([*rows, total], TB_COLUMNS, "trial-balance.csv")
+
+    async def lines() -> Any:
+        yield _csv_line(TB_COLUMNS)
+        totals = [0, 0, 0]
+        after = None
+        while True:  # a page of accounts per query: memory stays one page however many accounts
+            async with _pool(request).acquire() as conn:
+                rows = await store.list_accounts(conn, type_=None, after=after, limit=PAGE_MAX, as_of=as_of)
+            for r in rows:
+                totals = [totals[0] + r["posted_pence"], totals[1] + r["pending_debits_pence"], totals[2] + r["pending_credits_pence"]]
+                yield _csv_line([r[c] for c in TB_COLUMNS])
+            if len(rows) < PAGE_MAX:
+                break
+            after = rows[-1]["account_id"]
+        yield _csv_line(["TOTAL", "", *totals, "", ""])
+
+    return StreamingResponse(lines(), media_type="text/csv; charset=utf-8",
+                             headers={"content-disposition": 'attachment; filename="trial-balance.csv"'})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,33 +414,58 @@ async def trial_balance_csv(request: Request, as_of: datetime | None = None) -> 
 # ---------------------------------------------------------------------------------------------
 @router.get("/transfers/{transfer_id}", response_model=TransferView, tags=["transfers"],
             summary="A transfer with its legs, cause, and its two-phase or reversal links")
-async def get_transfer(request: Request, transfer_id: Annotated[str, Path(max_length=140)]) -> TransferView:
+async def get_transfer(request: Request, transfer_id: Annotated[EntryId, Path()]) -> TransferView:
     async with _pool(request).acquire() as conn:
         found = await store.transfer(conn, transfer_id)
     if found is None:
-        raise Problem(404, "Not found", f"no transfer {transfer_id}")
+        raise not_found(f"transfer {transfer_id}")
     accounts = [leg["account_id"] for leg in found["legs"]] or [leg[0] for leg in found["request"].get("legs", [])]
-    if principal_of(request).regions is not None and not any(_visible(request, a) for a in accounts):
-        raise Problem(403, "Forbidden", f"transfer {transfer_id} touches no account in the regions of this token")
+    reach = _reach(request)
+    if not reach.national and not any(reach.sees_account(a) for a in accounts):
+        raise not_found(f"transfer {transfer_id}")  # as if it did not exist: ids are not confirmed to strangers
     return TransferView(**found)
 
 
 @router.post("/transfers", response_model=PostResult, status_code=201, tags=["transfers"],
-             summary="Record one transfer: posted, pending, post_pending or void_pending (idempotent on transfer_id)")
+             summary="Record one manual transfer (ids in the manual: namespace): posted, pending (with timeout_s),"
+                     " post_pending or void_pending; idempotent on transfer_id")
 async def post_transfer(request: Request, body: TransferRequested) -> PostResult:
+    refused = admission.refusal(body, namespaces.MANUAL, request.app.state.reference)
+    if refused is not None:
+        field, reason = refused
+        status = 403 if field in ("transfer_id", "pending_id", "reverses") else 422
+        raise Problem(status, "Forbidden" if status == 403 else "Invalid request", reason,
+                      errors=[{"field": field, "message": reason}], transfer_id=body.transfer_id)
+    reach = _reach(request)
+    accounts = [leg.account_id for leg in body.legs]
+    if body.pending_id is not None:
+        async with _pool(request).acquire() as conn:
+            accounts += await store.pending_accounts(conn, body.pending_id)
+    for account in dict.fromkeys(accounts):
+        reach.require(reach.moves_account(account), "legs", account)
     cid = correlation_id_var.get() or str(uuid.uuid4())
     [outcome] = await store.post_batch(_pool(request), [store.Submitted(body, cid, None)])
     if outcome.status == "conflict":
+        fields = (outcome.reason or "").removeprefix("transfer_id already used with different ").split(", ")
         raise Problem(409, "Conflict", outcome.reason or "transfer_id reused with different fields", transfer_id=body.transfer_id,
-                      fields=(outcome.reason or "").removeprefix("transfer_id already used with different ").split(", "))
+                      fields=fields, errors=[{"field": f, "message": "differs from the transfer first recorded with this id"}
+                                             for f in fields])
     if outcome.status == "rejected" or (outcome.status == "duplicate" and outcome.original_status == "rejected"):
-        raise Problem(422, "Transfer rejected", outcome.reason or "rejected", transfer_id=body.transfer_id)
-    assert outcome.entry_seq is not None and outcome.entry_hash is not None
+        raise Problem(422, "Transfer rejected", outcome.reason or "rejected", transfer_id=body.transfer_id,
+                      errors=[{"field": "legs", "message": outcome.reason or "rejected"}])
+    if outcome.entry_seq is None or outcome.entry_hash is None:  # pragma: no cover - posted outcomes always have both
+        raise RuntimeError("a recorded transfer has no entry")
     return PostResult(transfer_id=body.transfer_id, status=outcome.status, original_status=outcome.original_status,  # type: ignore[arg-type]
                       entry_seq=outcome.entry_seq, entry_hash=outcome.entry_hash)
 
 
-@router.get("/verify", response_model=VerifyResult, tags=["audit"], summary="Recompute the hash chain and balances")
+@router.get("/verify", response_model=VerifyResult, tags=["audit"],
+            summary="Recompute the hash chain and balances (auditors; one verification at a time)")
 async def verify(request: Request) -> VerifyResult:
+    _check_unlimited(request)
     async with _pool(request).acquire() as conn:
-        return VerifyResult(**await store.verify(conn))
+        result = await store.verify_exclusive(conn)
+    if result is None:
+        raise Problem(409, "Not allowed now", "another verification is running; try again when it has finished",
+                      errors=[{"field": "(request)", "message": "a verification is already running"}])
+    return VerifyResult(**result)

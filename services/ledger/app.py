@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.ledger import api, consumer
 from services.ledger.policy import POLICY
 from services.ledger.settings import LedgerSettings
-from shared import http
-from shared.auth import config_from_settings, policy_dependency
 from shared.reference import load_reference
-from shared.service import Runtime
+from shared.service import Runtime, service_app
 
 
 def create_app(settings: LedgerSettings | None = None) -> FastAPI:
     settings = settings or LedgerSettings()
+    reference = load_reference(settings.reference_dir)
     runtime = Runtime(settings, migrations=("services.ledger",))
+    runtime.reference = reference
     consumer.register(runtime, settings)
-    app = FastAPI(
-        title="Patient Power ledger",
-        version="1.0.0",
-        description="Double-entry, append-only, hash-chained ledger of every penny in the trial.",
-        lifespan=runtime.lifespan,
-    )
-    app.state.runtime = runtime
-    app.state.reference = load_reference(settings.reference_dir)
-    http.install(app, "ledger")
-    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
-    return app
+    return service_app(runtime, settings, title="Patient Power ledger",
+                       description="Double-entry, append-only, hash-chained ledger of every penny in the trial.",
+                       router=api.router, policy=POLICY, reference=reference)

@@ -3,7 +3,9 @@ expiry task that voids pending transfers whose timeout has passed.
 
 Offsets are committed only after the batch's transaction commits. A redelivered batch finds its
 transfer ids already decided and turns into duplicates (the original answer), so nothing is
-doubled; a crash mid-batch rolls the whole batch back and it is delivered again.
+doubled; a crash mid-batch rolls the whole batch back and it is delivered again. A record that
+keeps failing is dead-lettered after ``LEDGER_CONSUMER_MAX_ATTEMPTS``, so one bad record never
+stalls the partition; a broken money invariant is never dead-lettered: it stops the batch loudly.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from faststream.kafka import KafkaMessage
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from services.ledger import store
-from shared.consumer import TRANSIENT_ERRORS, backoff, raw_headers, validation_reason
+from services.ledger import admission, store
+from shared.consumer import BadEvent, DeadRecord, raw_headers, validation_reason
 from shared.contracts import Envelope, TransferRequested
 from shared.service import CONSUMER_DEFAULTS, Runtime, batch_records
 from shared.topics import LEDGER_TRANSFER_REQUESTS, LEDGER_TRANSFER_REQUESTS_DLQ
+from shared.tracing import safe_correlation_id
 
 log = logging.getLogger(__name__)
 _ENVELOPE = Envelope[TransferRequested]  # parametrised once: the lookup costs on every message otherwise
 
+DLQ = {LEDGER_TRANSFER_REQUESTS.name: LEDGER_TRANSFER_REQUESTS_DLQ.name}
 TRANSFERS = Counter("ledger_transfers_total", "Transfer requests handled", ["outcome"])
 BATCH_SECONDS = Histogram("ledger_batch_seconds", "Time to post one consumer batch",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -80,33 +84,55 @@ async def expiry_loop(runtime: Runtime, settings: Any) -> None:
         await asyncio.sleep(settings.expiry_interval_ms / 1000)
 
 
+def _parse(runtime: Runtime, raw: Any) -> store.Submitted:
+    """A record as the ledger keeps it, or BadEvent / ValidationError (dead-lettered)."""
+    env = _ENVELOPE.model_validate_json(raw.value)
+    refused = admission.refusal(env.data, env.producer, runtime.reference)
+    if refused is not None:
+        raise BadEvent(refused[1])
+    return store.Submitted(env.data, safe_correlation_id(env.correlation_id), str(env.event_id))
+
+
 async def handle_batch(runtime: Runtime, records: list[Any]) -> None:
+    """One transaction for the batch, under the shared consumer policy (shared/service.py): an
+    event that does not validate, or that the ledger does not admit (another producer's id, an
+    unknown organisation), is dead-lettered and never recorded; an outage backs off and the batch
+    comes again; any other failure is retried one record at a time, then dead-lettered."""
     batch: list[store.Submitted] = []
-    for raw in records:
+    dead: list[DeadRecord] = []
+    for i, raw in enumerate(records):
         try:
-            env = _ENVELOPE.model_validate_json(raw.value)
+            batch.append(_parse(runtime, raw))
         except ValidationError as exc:
-            await runtime.dead_letter(raw, LEDGER_TRANSFER_REQUESTS_DLQ.name, validation_reason(exc), "invalid")
+            dead.append((i, raw, validation_reason(exc), "invalid"))
             TRANSFERS.labels("invalid").inc()
-            continue
-        batch.append(store.Submitted(env.data, env.correlation_id, str(env.event_id)))
-    if not batch:
-        return
-    BATCH_SIZE.observe(len(batch))
-    attempt = 0
-    while True:
-        try:
-            with BATCH_SECONDS.time():
-                outcomes = await store.post_batch(runtime.pool, batch)
-            break
-        except TRANSIENT_ERRORS as exc:
-            # Database briefly down: keep the batch, back off, try again. Not acknowledging
-            # would also work, but retrying here keeps the partition's position simple.
-            attempt += 1
-            log.warning("ledger batch failed transiently (%s); retry %d", exc, attempt)
-            await backoff(attempt)
-            if attempt >= 1000:  # ~80 minutes of backoff at the cap: let the process restart
-                raise
+        except BadEvent as exc:
+            dead.append((i, raw, str(exc), "rejected"))
+            TRANSFERS.labels("refused").inc()
+    if batch:
+        BATCH_SIZE.observe(len(batch))
+
+        async def write(conn: Any) -> list[Any]:
+            return await store.post(conn, batch)
+
+        outcomes = await runtime.write_batch(records, write, timer=BATCH_SECONDS, what="ledger batch")
+        if outcomes is None:  # rolled back: one record per transaction finds the one that fails
+            for raw in records:
+                await runtime.handle_one(raw, LEDGER_TRANSFER_REQUESTS_DLQ.name, lambda value, raw=raw: _post_one(runtime, raw))
+            return
+        _count(outcomes, records)
+    await runtime.finish_batch(records, {LEDGER_TRANSFER_REQUESTS.name: len(batch)}, dead, DLQ)
+
+
+async def _post_one(runtime: Runtime, raw: Any) -> None:
+    submitted = _parse(runtime, raw)
+    async with runtime.pool.acquire() as conn:
+        async with conn.transaction():
+            outcomes = await store.post(conn, [submitted])
+    _count(outcomes, [raw])
+
+
+def _count(outcomes: list[Any], records: list[Any]) -> None:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1

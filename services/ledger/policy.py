@@ -1,45 +1,26 @@
-"""Who may call what on the ledger (deny by default, see shared/auth.py), and which accounts a
-region-limited token may see.
-
-Reads need ``ledger:read``; posting transfers and declaring accounts need ``ledger:admin``.
-A token with a ``regions`` claim sees only accounts in those NHS England regions: a fund by its
-region code, a provider's and its held account by the provider's region, a commissioner by the
-ICB's region (shared/reference). The trial balance covers every region, so it needs a token
-without a region limit.
-"""
+"""Who may call what on the ledger (deny by default, see shared/auth.py) and what each token's
+binding must cover (shared/reach.py). The README's threat model prints this table."""
 
 from __future__ import annotations
 
-from shared.auth import Principal
-from shared.reference import ReferenceData
+from shared.auth import Rule
 
-READ, ADMIN = "ledger:read", "ledger:admin"
+READ, ADMIN, AUDIT = "ledger:read", "ledger:admin", "ledger:audit"
+_ACCOUNT = "the account's organisation (fund: its region; provider/held: the trust; commissioner: the ICB)"
 
 POLICY = {
-    ("GET", "/v1/accounts"): READ,
-    ("PUT", "/v1/accounts/{account_id}"): ADMIN,
-    ("GET", "/v1/accounts/{account_id}/balance"): READ,
-    ("GET", "/v1/accounts/{account_id}/statement"): READ,
-    ("GET", "/v1/accounts/{account_id}/statement.csv"): READ,
-    ("GET", "/v1/trial-balance"): READ,
-    ("GET", "/v1/trial-balance.csv"): READ,
-    ("GET", "/v1/transfers/{transfer_id}"): READ,
-    ("POST", "/v1/transfers"): ADMIN,
-    ("GET", "/v1/verify"): READ,
+    ("GET", "/v1/accounts"): Rule(READ, "lists only the accounts the binding sees", "nothing: others are left out of the page"),
+    ("PUT", "/v1/accounts/{account_id}"): Rule(ADMIN, "may move the account: " + _ACCOUNT,
+                                               "403 outside the binding; 422 an organisation the reference data lacks"),
+    ("GET", "/v1/accounts/{account_id}/balance"): Rule(READ, _ACCOUNT, "403 outside the binding"),
+    ("GET", "/v1/accounts/{account_id}/statement"): Rule(READ, _ACCOUNT, "403 outside the binding"),
+    ("GET", "/v1/accounts/{account_id}/statement.csv"): Rule(READ, _ACCOUNT, "403 outside the binding"),
+    ("GET", "/v1/trial-balance"): Rule(READ, "national (it covers every region)", "403 for a bound token"),
+    ("GET", "/v1/trial-balance.csv"): Rule(READ, "national (it covers every region)", "403 for a bound token"),
+    ("GET", "/v1/transfers/{transfer_id}"): Rule(READ, "at least one of the transfer's accounts", "404, as for no such transfer"),
+    ("POST", "/v1/transfers"): Rule(
+        ADMIN, "every account of the transfer (and of the pending transfer it posts or voids)",
+        "403 an account outside the binding or an id outside the manual: namespace (payments' and funds' transfers);"
+        " 422 an unknown organisation or a manual hold without timeout_s"),
+    ("GET", "/v1/verify"): Rule(AUDIT, "national", "403 for a bound token; 409 while another verification runs"),
 }
-
-
-def region_of_account(account_id: str, reference: ReferenceData) -> str | None:
-    kind, _, code = account_id.partition(":")
-    if kind == "fund":
-        return code
-    if kind in ("provider", "held"):
-        return reference.region_of_provider(code)
-    if kind == "commissioner":
-        org = reference.commissioners.get(code)
-        return org.region_code if org else None
-    return None
-
-
-def may_see(principal: Principal, account_id: str, reference: ReferenceData) -> bool:
-    return principal.regions is None or principal.sees_region(region_of_account(account_id, reference))

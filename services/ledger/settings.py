@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 
 from pydantic import Field
 
@@ -34,5 +33,3 @@ class LedgerSettings(ServiceSettings):
     # Consumer fetch tuning (aiokafka): bigger fetches fill a batch in fewer round trips.
     fetch_max_bytes: int = Field(default=52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(default=4_194_304, ge=1024)
-    # NHS reference data (regions of providers and ICBs) for region-limited tokens.
-    reference_dir: Path | None = None  # None = the shipped OGL extract

@@ -45,8 +45,21 @@ async def post_batch(pool: asyncpg.Pool, batch: Sequence[Submitted], *, now: dat
         return []
     async with pool.acquire() as conn:
         async with conn.transaction():
-            outcomes, _ = await _apply(conn, list(batch), [], now=now)
+            return await post(conn, batch, now=now)
+
+
+async def post(conn: asyncpg.Connection, batch: Sequence[Submitted], *, now: datetime | None = None) -> list[domain.Outcome]:
+    """Decide and write a batch in the caller's transaction; one outcome per request, in order."""
+    if not batch:
+        return []
+    outcomes, _ = await _apply(conn, list(batch), [], now=now)
     return outcomes
+
+
+async def pending_accounts(conn: asyncpg.Connection, pending_id: str) -> list[str]:
+    """The accounts a pending transfer reserved on (empty if there is no such pending transfer)."""
+    legs = await conn.fetchval("SELECT legs::text FROM pending_transfers WHERE transfer_id = $1", pending_id)
+    return [a for a, _ in json.loads(legs)] if legs else []
 
 
 async def expire_due(pool: asyncpg.Pool, *, limit: int = 500, now: datetime | None = None) -> list[domain.Outcome]:
@@ -492,10 +505,32 @@ async def set_metadata(conn: asyncpg.Connection, account_id: str, metadata: dict
 
 
 VERIFY_PAGE = 10_000
+_VERIFY_LOCK_KEY = 0x5050_5646  # "PPVF": one verification at a time per ledger
+
+
+async def verify_exclusive(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """``verify`` unless another verification holds the lock (then None): a full verification
+    reads the whole journal, so two at once would only double the load."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _VERIFY_LOCK_KEY):
+        return None
+    try:
+        return await verify(conn)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _VERIFY_LOCK_KEY)
 
 
 async def verify(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Recompute the hash chain, every stored running balance, and every cached balance."""
+    """Recompute the hash chain, every stored running balance, and every cached balance.
+
+    ``verified_through_seq`` says how far the chain checked out: on a broken chain, the last entry
+    before the first bad one (0: none); otherwise the head (the chain is intact even when a
+    balance check after it fails)."""
+    result = await _verify(conn)
+    result.setdefault("verified_through_seq", result.get("head_seq") or 0)
+    return result
+
+
+async def _verify(conn: asyncpg.Connection) -> dict[str, Any]:
     prev_hash, prev_seq, checked, legs_seen = domain.GENESIS_HASH, 0, 0, 0
     running: dict[str, list[int]] = {}
     while True:
@@ -525,22 +560,29 @@ async def verify(conn: asyncpg.Connection) -> dict[str, Any]:
         ok, bad_seq, why = domain.verify_chain(chain, start_hash=prev_hash, start_seq=prev_seq, running=running)
         if not ok:
             bad = await conn.fetchval("SELECT transfer_id FROM entries WHERE seq = $1", bad_seq)
-            return {"ok": False, "entries_checked": checked, "first_bad_seq": bad_seq, "first_bad_transfer_id": bad, "reason": why}
+            good = sum(1 for c in chain if bad_seq is not None and c.seq < bad_seq)
+            last_good = prev_seq + good
+            return {"ok": False, "entries_checked": checked + good, "first_bad_seq": bad_seq, "first_bad_transfer_id": bad,
+                    "verified_through_seq": last_good,
+                    "reason": f"{why}; the chain verifies up to entry {last_good}" if last_good else why}
         checked += len(chain)
         legs_seen += sum(len(c.legs) for c in chain)
         prev_hash, prev_seq = chain[-1].hash, chain[-1].seq
     head = await conn.fetchrow("SELECT seq, hash FROM chain_head WHERE id = 1")
     if head["seq"] != prev_seq or head["hash"] != prev_hash:
         return {"ok": False, "entries_checked": checked, "first_bad_seq": prev_seq + 1, "first_bad_transfer_id": None,
+                "verified_through_seq": prev_seq,
                 "reason": "chain head does not match the last entry (entries missing)"}
     legs_total = await conn.fetchval("SELECT count(*) FROM legs")
     if legs_total != legs_seen:
         return {"ok": False, "entries_checked": checked, "first_bad_seq": None, "first_bad_transfer_id": None,
+                "verified_through_seq": prev_seq,
                 "reason": f"{legs_total - legs_seen} legs belong to no entry of the chain"}
     accounts = await conn.fetch("SELECT account_id, posted_pence, pending_debits_pence, pending_credits_pence FROM accounts")
     unknown = sorted(running.keys() - {r["account_id"] for r in accounts})
     if unknown:
         return {"ok": False, "entries_checked": checked, "first_bad_seq": None, "first_bad_transfer_id": None,
+                "verified_through_seq": prev_seq,
                 "reason": "legs name accounts that do not exist: " + ", ".join(unknown[:10])}
     mismatched = [
         r["account_id"]
@@ -549,10 +591,12 @@ async def verify(conn: asyncpg.Connection) -> dict[str, Any]:
     ]
     if mismatched:
         return {"ok": False, "entries_checked": checked, "first_bad_seq": None, "first_bad_transfer_id": None,
+                "verified_through_seq": prev_seq,
                 "reason": "cached balances differ from the journal for " + ", ".join(sorted(mismatched)[:10])}
     total = sum(v[0] for v in running.values())
     if total != 0:
         return {"ok": False, "entries_checked": checked, "first_bad_seq": None, "first_bad_transfer_id": None,
+                "verified_through_seq": prev_seq,
                 "reason": f"accounts sum to {total} pence, not zero"}
     return {"ok": True, "entries_checked": checked, "head_seq": prev_seq, "head_hash": prev_hash,
             "reason": "chain intact, balances match"}

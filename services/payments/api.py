@@ -1,21 +1,23 @@
-"""The payments service's HTTP API: payment requests, episodes, schemes, settlements, appeals, figures."""
+"""The payments service's HTTP API: payment requests, episodes, schemes, settlements, appeals,
+figures and the reconciliation report. Every route checks the token's binding (shared/reach.py);
+the acting person is always the token's subject."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from services.payments import metrics, store
+from services.payments import domain, metrics, store
 from services.payments.schemes import Scheme
-from shared.contracts import OdsCode, PaymentRequested, RegionCode, no_nul
 from shared.auth import principal_of
-from shared.http import PROBLEM_RESPONSES, Problem
+from shared.contracts import ExternalId, OdsCode, PaymentRequested, PeriodCode, RegionCode, no_nul
+from shared.http import PROBLEM_RESPONSES, Problem, validation_errors
 from shared.logging import correlation_id_var
+from shared.reach import Reach, not_found, reach_of
 from shared.service import BATCH_RACE_RETRIES
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
@@ -36,8 +38,10 @@ class AcceptedView(BaseModel):
 class BatchItemResult(BaseModel):
     index: int
     payment_id: str | None
-    outcome: Literal["created", "duplicate", "conflict", "invalid"]
+    outcome: Literal["created", "duplicate", "conflict", "invalid", "forbidden"]
+    status: int = Field(description="The status this item would have had on its own: 201, 200, 409, 422 or 403")
     detail: str | None = None
+    errors: list[dict[str, str]] | None = None
     result: AcceptedView | None = None
 
 
@@ -47,12 +51,11 @@ class BatchResult(BaseModel):
     items: list[BatchItemResult]
 
 
-PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
 class SettlementRun(BaseModel):
-    period: str = Field(pattern=PERIOD_RE.pattern, description="Settlement period, YYYY-MM")
+    model_config = {"extra": "forbid"}
+    period: PeriodCode = Field(description="Settlement period, YYYY-MM; refused (409) until its decision windows have closed")
     provider_code: OdsCode | None = Field(default=None, description="Settle one provider only")
+    region_code: RegionCode | None = Field(default=None, description="Settle one region's providers only")
 
 
 class SettlementView(BaseModel):
@@ -82,31 +85,46 @@ def _cid() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Authorisation: scopes are enforced for every route by the router-level policy (policy.py);
-# these helpers apply what a token may see (regions) and who it is (the actor recorded).
+# these apply the token's binding (shared/reach.py) and record who acted (the token's subject).
 # ---------------------------------------------------------------------------------------------
-def _actor(request: Request, claimed: str) -> str:
-    """The person acting: the token's subject when auth is on, else what the body says."""
-    principal = principal_of(request)
-    return principal.subject if principal.subject != "anonymous" else claimed
+def _reach(request: Request) -> Reach:
+    return reach_of(principal_of(request), _rt(request).reference)
 
 
-def _check_region(request: Request, region_code: str | None, what: str) -> None:
-    """A region-scoped token sees only its regions' providers and funds (404, not 403: no leak)."""
-    if not principal_of(request).sees_region(region_code):
-        raise Problem(404, "Not found", f"no {what}")
+def _actor(request: Request) -> str:
+    """Who acts: the token's subject, never a name from the request body."""
+    return principal_of(request).subject
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def today() -> date:
+    return now().date()
 
+
+def _window(request: Request) -> domain.ActivityWindow:
+    return domain.activity_window(today(), _rt(request).settings.activity_date_max_age_days)
+
+
+def _invalid(exc: store.InputError) -> Problem:
+    return Problem(422, "Invalid request", exc.message, errors=[{"field": exc.field, "message": exc.message}])
+
+
+def _conflict(exc: Exception) -> Problem:
+    return Problem(409, "Conflict", str(exc), errors=[{"field": "payment_id", "message": str(exc)}])
+
+
+# ---------------------------------------------------------------------------------------------
+# Payment requests
+# ---------------------------------------------------------------------------------------------
 async def _accept(request: Request, req: PaymentRequested) -> store.Accepted:
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             accepted = await store.accept_payment(conn, req, book=rt.book, ref=rt.reference, correlation_id=_cid(),
-                                                  hold_model=rt.hold_model)
+                                                  hold_model=rt.hold_model, window=_window(request))
     metrics.payment_accepted(accepted, req.amount_pence, rt.reference.region_of_provider(req.provider_code))  # committed
     return accepted
 
@@ -121,41 +139,64 @@ async def create_payment_request(
         "payment_id": "pay-1", "episode_id": "ep-1", "commissioner_code": "QWE", "provider_code": "RJ1",
         "service_type": "maternity", "activity_date": "2026-11-01", "amount_pence": 123457}}})],
 ) -> AcceptedView:
+    reach = _reach(request)
+    reach.require(reach.pays_for(body.commissioner_code), "commissioner_code", f"commissioner {body.commissioner_code}")
     try:
         accepted = await _accept(request, body)
     except store.InputError as exc:
-        raise Problem(422, "Invalid request", exc.message, errors=[{"field": exc.field, "message": exc.message}]) from exc
+        raise _invalid(exc) from exc
     except store.Conflict as exc:
-        raise Problem(409, "Conflict", str(exc)) from exc
+        raise _conflict(exc) from exc
     if accepted.status == "duplicate":
         response.status_code = 200
     return AcceptedView(**accepted.__dict__)
 
 
-@router.post("/payment-requests/batch", response_model=BatchResult, tags=["payments"],
-             summary="Up to 1,000 payment requests; each item succeeds or fails on its own")
-async def create_payment_requests(request: Request, body: Annotated[list[dict[str, Any]], Body(max_length=1000)]) -> BatchResult:
+@router.post("/payment-requests/batch", response_model=BatchResult, tags=["payments"], max_body_size=2 * 1024 * 1024,
+             summary="Up to PAYMENTS_BATCH_MAX_ITEMS (default 1,000) payment requests; each item succeeds or fails on its own")
+async def create_payment_requests(request: Request, body: Annotated[Any, Body()]) -> BatchResult:
+    """A JSON array of payment requests (at most 2 MiB). One result per item, in order; valid items
+    are stored in one transaction, each with the outcome it would have had on its own."""
+    limit = _rt(request).settings.batch_max_items
+    if not isinstance(body, list):
+        raise Problem(422, "Invalid request", "body must be a JSON array of payment requests",
+                      errors=[{"field": "(body)", "message": "must be a JSON array"}])
+    if not body or len(body) > limit:  # counted before any item is validated
+        raise Problem(422, "Invalid request", f"a batch holds 1 to {limit} payment requests, not {len(body)}",
+                      errors=[{"field": "(body)", "message": f"must hold 1 to {limit} items"}])
+    reach = _reach(request)
     results: dict[int, BatchItemResult] = {}
     valid: list[tuple[int, PaymentRequested]] = []
     for i, raw in enumerate(body):
         pid = raw.get("payment_id") if isinstance(raw, dict) else None
+        pid = pid if isinstance(pid, str) and len(pid) <= 100 else None
         try:
-            valid.append((i, PaymentRequested.model_validate(raw)))
-        except Exception as exc:  # pydantic ValidationError: report, do not fail the batch
-            errors = getattr(exc, "errors", lambda: [])()
-            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]) or str(exc)
-            results[i] = BatchItemResult(index=i, payment_id=pid if isinstance(pid, str) else None, outcome="invalid", detail=detail)
+            req = PaymentRequested.model_validate(raw)
+        except ValidationError as exc:  # report, do not fail the batch
+            errors = validation_errors(list(exc.errors()))
+            results[i] = BatchItemResult(index=i, payment_id=pid, outcome="invalid", status=422, errors=errors,
+                                         detail="; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]))
+            continue
+        if not reach.pays_for(req.commissioner_code):
+            refused = reach.refuse("commissioner_code", f"commissioner {req.commissioner_code}")
+            results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome="forbidden", status=403,
+                                         detail=refused.detail, errors=refused.extra["errors"])
+            continue
+        valid.append((i, req))
     # The valid items in ONE transaction, each with the outcome it would get alone in that order
     # (store.accept_payments, as the Kafka consumer does): a 1,000-item batch is a handful of
     # statements, not 1,000 commits.
-    outcomes = await _accept_all(request, [req for _, req in valid])
+    outcomes = await _accept_all(request, [req for _, req in valid]) if valid else []
     for (i, req), outcome in zip(valid, outcomes):
         if isinstance(outcome, store.InputError):
-            results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome="invalid", detail=str(outcome))
+            results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome="invalid", status=422, detail=str(outcome),
+                                         errors=[{"field": outcome.field, "message": outcome.message}])
         elif isinstance(outcome, store.Conflict):
-            results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome="conflict", detail=str(outcome))
+            results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome="conflict", status=409, detail=str(outcome),
+                                         errors=[{"field": "payment_id", "message": str(outcome)}])
         else:
             results[i] = BatchItemResult(index=i, payment_id=req.payment_id, outcome=outcome.status,
+                                         status=201 if outcome.status == "created" else 200,
                                          result=AcceptedView(**outcome.__dict__))
     items = [results[i] for i in range(len(body))]
     ok = sum(1 for it in items if it.outcome in ("created", "duplicate"))
@@ -166,30 +207,39 @@ async def _accept_all(request: Request, reqs: list[PaymentRequested]) -> list[st
     rt = _rt(request)
     cid = _cid()
     batch = [store.PaymentItem(req, cid) for req in reqs]
+    window = _window(request)
     for _ in range(BATCH_RACE_RETRIES):  # another writer inserting one of the batch's ids meanwhile: look again
         try:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
-                    outcomes = await store.accept_payments(conn, batch, book=rt.book, ref=rt.reference, hold_model=rt.hold_model)
+                    outcomes = await store.accept_payments(conn, batch, book=rt.book, ref=rt.reference, hold_model=rt.hold_model,
+                                                           window=window)
             break
         except store.Raced:
             continue  # rolled back; the next pass sees the other writer's rows
     else:
-        raise Problem(409, "Conflict", "the batch kept meeting concurrent writes of the same payments; send it again")
+        raise Problem(409, "Conflict", "the batch kept meeting concurrent writes of the same payments; send it again",
+                      errors=[{"field": "(body)", "message": "concurrent writes of the same payments"}])
     for req, outcome in zip(reqs, outcomes):  # committed: count new payments only
         if isinstance(outcome, store.Accepted):
             metrics.payment_accepted(outcome, req.amount_pence, rt.reference.region_of_provider(req.provider_code))
     return outcomes
 
 
+# ---------------------------------------------------------------------------------------------
+# Episodes, schemes, settlements
+# ---------------------------------------------------------------------------------------------
+EpisodeId = Annotated[ExternalId, Path(description="The episode id the commissioner sent")]
+
+
 @router.get("/episodes/{episode_id}", tags=["episodes"], summary="An episode: amounts, answers, decision steps, transfers")
-async def get_episode(request: Request, episode_id: str) -> dict[str, Any]:
+async def get_episode(request: Request, episode_id: EpisodeId) -> dict[str, Any]:
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         view = await store.episode_view(conn, episode_id, rt.book)
-    if view is None:
-        raise Problem(404, "Not found", f"no episode {episode_id}")
-    _check_region(request, view.get("region_code"), f"episode {episode_id}")
+    reach = _reach(request)
+    if view is None or not (reach.sees_provider(view["provider_code"]) or reach.sees_commissioner(view["commissioner_code"])):
+        raise not_found(f"episode {episode_id}")
     return view
 
 
@@ -199,60 +249,68 @@ async def list_schemes(request: Request) -> list[Scheme]:
 
 
 @router.post("/settlements/run", response_model=list[SettlementView], tags=["settlements"],
-             summary="Settle a period now (admin); idempotent per provider and period")
+             summary="Settle a period now, for the providers the token acts for; idempotent per provider and period")
 async def run_settlement(request: Request, body: SettlementRun) -> list[SettlementView]:
     rt = _rt(request)
+    reach = _reach(request)
+    if body.provider_code is not None:
+        reach.require(reach.acts_for_provider(body.provider_code), "provider_code", f"provider {body.provider_code}")
+    if body.region_code is not None:
+        reach.require(reach.acts_for_region(body.region_code), "region_code", f"region {body.region_code}")
     try:
         reports = await store.run_settlement(rt.pool, rt.book, period=body.period, provider_code=body.provider_code,
-                                             run_by="admin-api", correlation_id=_cid())
+                                             region_code=body.region_code, may_settle=reach.acts_for_provider,
+                                             run_by=_actor(request), correlation_id=_cid(), today=today())
+    except store.NotYet as exc:
+        raise Problem(409, "Not allowed now", str(exc), may_run_from=exc.opens_on.isoformat(),
+                      errors=[{"field": "period", "message": str(exc)}]) from exc
     except store.InputError as exc:
-        raise Problem(422, "Cannot settle", str(exc)) from exc
+        raise Problem(422, "Cannot settle", str(exc), errors=[{"field": exc.field, "message": exc.message}]) from exc
     return [SettlementView(**r) for r in reports]
 
 
 @router.get("/settlements", response_model=list[SettlementView], tags=["settlements"], summary="Settlement reports for a period")
-async def list_settlements(request: Request, period: Annotated[str, Field(pattern=PERIOD_RE.pattern)]) -> list[SettlementView]:
-    if not PERIOD_RE.match(period):
-        raise Problem(422, "Invalid request", "period must be YYYY-MM")
+async def list_settlements(request: Request, period: Annotated[PeriodCode, Query(description="YYYY-MM")]) -> list[SettlementView]:
     async with _rt(request).pool.acquire() as conn:
         rows = await conn.fetch("SELECT * FROM settlements WHERE period = $1 ORDER BY settlement_id", period)
-    principal = principal_of(request)
+    reach = _reach(request)
     return [
         SettlementView(scheme=f"{r['scheme_id']}@{r['scheme_version']}", **{k: r[k] for k in SettlementView.model_fields if k != "scheme"})
         for r in rows
-        if principal.sees_region(r["region_code"])
+        if reach.sees_provider(r["provider_code"])
     ]
 
 
-def today() -> date:
-    return date.today()
-
-
+# ---------------------------------------------------------------------------------------------
+# Appeals
+# ---------------------------------------------------------------------------------------------
 # no_nul: stored in PostgreSQL text columns, which cannot hold NUL (a 422, not a 500).
-Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$"), AfterValidator(no_nul)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(no_nul)]
 
 
 class AppealRequest(BaseModel):
     model_config = {"extra": "forbid"}
-    appealed_by: Actor = Field(description="Who at the provider is appealing (recorded)")
-    reason: Reason = Field(description="Why the provider believes the diversion is wrong")
+    reason: Reason = Field(description="Why the provider believes the diversion is wrong (the appellant is the token's subject)")
 
 
 class AppealDecision(BaseModel):
     model_config = {"extra": "forbid"}
     outcome: Literal["upheld", "rejected"]
-    decided_by: Actor = Field(description="The authorised person deciding (recorded)")
-    reason: Reason = Field(description="Why: shown to the provider and auditors")
-
-
-EpisodeId = Annotated[str, Path(min_length=1, max_length=100)]
+    reason: Reason = Field(description="Why: shown to the provider and auditors (the decider is the token's subject)")
 
 
 def _refused(exc: Exception) -> Problem:
     if isinstance(exc, store.NotFound):
         return Problem(404, "Not found", str(exc))
-    return Problem(409, "Not allowed now", str(exc))
+    return Problem(409, "Not allowed now", str(exc), errors=[{"field": "(episode)", "message": str(exc)}])
+
+
+async def _require_acts_for_episode(request: Request, episode_id: str) -> None:
+    """404 unless the token acts for the episode's provider (as for an episode that does not exist)."""
+    async with _rt(request).pool.acquire() as conn:
+        provider = await conn.fetchval("SELECT provider_code FROM episodes WHERE episode_id = $1", episode_id)
+    if provider is None or not _reach(request).acts_for_provider(provider):
+        raise not_found(f"episode {episode_id}")
 
 
 @router.post("/episodes/{episode_id}/appeal", tags=["appeals"], status_code=201,
@@ -261,10 +319,11 @@ def _refused(exc: Exception) -> Problem:
              summary="A provider appeals an episode's diversion (within the scheme's appeal window after settlement)")
 async def open_appeal(request: Request, response: Response, episode_id: EpisodeId, body: AppealRequest) -> dict[str, Any]:
     rt = _rt(request)
+    await _require_acts_for_episode(request, episode_id)
     try:
         async with rt.pool.acquire() as conn:
             async with conn.transaction():
-                appeal, created = await store.open_appeal(conn, episode_id, appealed_by=_actor(request, body.appealed_by),
+                appeal, created = await store.open_appeal(conn, episode_id, appealed_by=_actor(request),
                                                           reason=body.reason, book=rt.book, now=now())
     except (store.NotFound, store.Refused) as exc:
         raise _refused(exc) from exc
@@ -274,15 +333,18 @@ async def open_appeal(request: Request, response: Response, episode_id: EpisodeI
 
 
 @router.post("/episodes/{episode_id}/appeal/decision", tags=["appeals"],
-             summary="Uphold (fund -> provider) or reject an open appeal, with a reason")
+             summary="Uphold (fund -> provider) or reject an open appeal, with a reason; never by the appellant")
 async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDecision) -> dict[str, Any]:
     rt = _rt(request)
+    await _require_acts_for_episode(request, episode_id)
     try:
         async with rt.pool.acquire() as conn:
             async with conn.transaction():
                 appeal, changed = await store.decide_appeal(conn, episode_id, outcome=body.outcome,
-                                                            decided_by=_actor(request, body.decided_by), reason=body.reason,
+                                                            decided_by=_actor(request), reason=body.reason,
                                                             now=now(), correlation_id=_cid())
+    except store.SameActor as exc:
+        raise Problem(403, "Forbidden", str(exc), errors=[{"field": "(token)", "message": str(exc)}]) from exc
     except (store.NotFound, store.Refused) as exc:
         raise _refused(exc) from exc
     metrics.appeal_decided(appeal, changed)  # committed
@@ -294,9 +356,8 @@ async def get_appeal(request: Request, episode_id: EpisodeId) -> dict[str, Any]:
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         appeal = await store.appeal_view(conn, episode_id)
-    if appeal is None:
-        raise Problem(404, "Not found", f"episode {episode_id} has no appeal")
-    _check_region(request, rt.reference.region_of_provider(appeal.get("provider_code", "")), f"appeal for {episode_id}")
+    if appeal is None or not _reach(request).sees_provider(appeal.get("provider_code")):
+        raise not_found(f"appeal for episode {episode_id}")
     return appeal
 
 
@@ -310,14 +371,28 @@ async def list_appeals(
     rt = _rt(request)
     async with rt.pool.acquire() as conn:
         appeals = await store.list_appeals(conn, status=status, provider_code=provider_code, limit=limit)
-    principal = principal_of(request)
-    return [a for a in appeals if principal.sees_region(rt.reference.region_of_provider(a.get("provider_code", "")))]
+    reach = _reach(request)
+    return [a for a in appeals if reach.sees_provider(a.get("provider_code"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconciliation with the ledger
+# ---------------------------------------------------------------------------------------------
+@router.get("/ledger-discrepancies", tags=["reconciliation"],
+            summary="Transfers the ledger refused or recorded otherwise than asked, and ones it has not answered in time")
+async def ledger_discrepancies(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    rt = _rt(request)
+    overdue_s = rt.settings.ledger_answer_overdue_s
+    async with rt.pool.acquire() as conn:
+        rows = await store.ledger_discrepancies(conn, overdue_s=overdue_s, limit=limit)
+    reach = _reach(request)
+    return {"overdue_after_s": overdue_s, "items": [r for r in rows if reach.sees_provider(r["provider_code"])]}
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures per period
 # ---------------------------------------------------------------------------------------------
-Period = Annotated[str, Path(pattern=PERIOD_RE.pattern, description="YYYY-MM")]
+Period = Annotated[PeriodCode, Path(description="YYYY-MM")]
 
 
 @router.get("/providers/{provider_code}/periods/{period}", tags=["figures"],
@@ -326,7 +401,8 @@ async def provider_period(request: Request, provider_code: Annotated[OdsCode, Pa
     rt = _rt(request)
     if provider_code not in rt.reference.providers:
         raise Problem(404, "Not found", f"{provider_code} is not a known provider")
-    _check_region(request, rt.reference.region_of_provider(provider_code), f"provider {provider_code}")
+    reach = _reach(request)
+    reach.require(reach.sees_provider(provider_code), "provider_code", f"provider {provider_code}")
     async with rt.pool.acquire() as conn:
         return await store.provider_figures(conn, provider_code, period)
 
@@ -337,6 +413,7 @@ async def fund_period(request: Request, region_code: Annotated[RegionCode, Path(
     rt = _rt(request)
     if region_code not in rt.reference.regions:
         raise Problem(404, "Not found", f"{region_code} is not a known region")
-    _check_region(request, region_code, f"fund for {region_code}")
+    reach = _reach(request)
+    reach.require(reach.sees_region(region_code), "region_code", f"region {region_code}")
     async with rt.pool.acquire() as conn:
         return await store.fund_figures(conn, region_code, period)

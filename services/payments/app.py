@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import date, timedelta
+from datetime import datetime, timezone
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
-from services.payments import api, consumer, store
+from services.payments import api, consumer, domain, store
+from services.payments.policy import POLICY
 from services.payments.schemes import load_schemes
 from services.payments.settings import PaymentsSettings
-from services.payments.policy import POLICY
-from shared import http
-from shared.auth import config_from_settings, policy_dependency
 from shared.reference import load_reference
-from shared.service import Runtime
+from shared.service import Runtime, service_app
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +37,15 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
     scheduler: dict[str, asyncio.Task] = {}
 
     async def scheduled_settlement() -> None:
-        """Close each period once every episode's decision window has passed."""
+        """Settle the latest period whose decision windows have all closed, once a check interval."""
         while True:
             try:
+                today = datetime.now(timezone.utc).date()
                 windows = [s.decision_window_days for s in runtime.book.schemes] or [0]
-                cutoff = date.today() - timedelta(days=max(windows) + 1)
-                period = store.current_period(cutoff.replace(day=1) - timedelta(days=1))
+                period = domain.latest_settleable_period(today, max(windows))
                 await store.run_settlement(runtime.pool, runtime.book, period=period, provider_code=None,
-                                           run_by="scheduler", correlation_id=f"settlement:{period}")
+                                           run_by="scheduler", trigger="scheduler", correlation_id=f"settlement:{period}",
+                                           today=today)
             except Exception:
                 log.exception("scheduled settlement failed; will retry")
             await asyncio.sleep(settings.settlement_check_interval_s)
@@ -63,13 +62,7 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
-        title="Patient Power payments",
-        version="1.0.0",
-        description="Holds the at-risk share of each payment and settles it by the patient's answer under versioned trial rules.",
-        lifespan=runtime.lifespan,
-    )
-    app.state.runtime = runtime
-    http.install(app, "payments")
-    app.include_router(api.router, dependencies=[Depends(policy_dependency(POLICY, config_from_settings(settings)))])
-    return app
+    return service_app(runtime, settings, title="Patient Power payments",
+                       description="Holds the at-risk share of each payment and settles it by the patient's answer under"
+                                   " versioned trial rules.",
+                       router=api.router, policy=POLICY, reference=runtime.reference)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,10 +40,11 @@ from faststream.kafka import KafkaMessage
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
-from services.payments import metrics, store
+from services.payments import domain, metrics, store
 from shared.consumer import BadEvent, DeadRecord, validation_reason
 from shared.contracts import Envelope, FeedbackReceived, PaymentRequested, TransferPosted
 from shared.service import CONSUMER_DEFAULTS, batch_records
+from shared.tracing import safe_correlation_id
 from shared.topics import (
     FEEDBACK_RECEIVED,
     FEEDBACK_RECEIVED_DLQ,
@@ -81,6 +83,11 @@ class EpisodeEvents:
             FEEDBACK_RECEIVED.name: self.on_feedback_received,
         }
 
+    def window(self) -> domain.ActivityWindow:
+        """The plausible activity dates today (a replayed old event is refused once outside it)."""
+        today = datetime.now(timezone.utc).date()
+        return domain.activity_window(today, self.rt.settings.activity_date_max_age_days)
+
     # -- one event, one transaction (the fallback, and what a batch must be equivalent to) -----
     async def on_payment_requested(self, value: bytes) -> None:
         rt = self.rt
@@ -89,8 +96,9 @@ class EpisodeEvents:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
                     accepted = await store.accept_payment(conn, env.data, book=rt.book, ref=rt.reference,
-                                                          correlation_id=env.correlation_id, causation_id=str(env.event_id),
-                                                          hold_model=rt.hold_model)
+                                                          correlation_id=safe_correlation_id(env.correlation_id),
+                                                          causation_id=str(env.event_id), hold_model=rt.hold_model,
+                                                          window=self.window())
         except (store.InputError, store.Conflict) as exc:
             raise BadEvent(str(exc)) from exc
         # Committed; a redelivery comes back "duplicate" and is not counted again.
@@ -125,11 +133,14 @@ class EpisodeEvents:
                     answers.append((i, raw, _FEEDBACK.model_validate_json(raw.value)))
             except ValidationError as exc:
                 dead.append((i, raw, validation_reason(exc), "invalid"))
-        items = [store.PaymentItem(env.data, env.correlation_id, str(env.event_id)) for _, _, env in payments]
+        # A commissioner's correlation id travels into the append-only ledger: only a safe one does.
+        items = [store.PaymentItem(env.data, safe_correlation_id(env.correlation_id), str(env.event_id)) for _, _, env in payments]
         feedback = [env.data for _, _, env in answers]
+        window = self.window()
 
         async def write(conn: Any) -> list[Any]:
-            result = await store.accept_payments(conn, items, book=rt.book, ref=rt.reference, hold_model=rt.hold_model)
+            result = await store.accept_payments(conn, items, book=rt.book, ref=rt.reference, hold_model=rt.hold_model,
+                                                 window=window)
             await store.record_answers(conn, feedback)
             return result
 
@@ -162,7 +173,9 @@ class LedgerAnswers:
     async def process(self, value: bytes) -> None:
         env = _POSTED.model_validate_json(value)
         async with self.rt.pool.acquire() as conn:
-            await store.record_ledger_answer(conn, env.data)
+            async with conn.transaction():
+                found = await store.record_ledger_answers(conn, [env.data])
+        metrics.ledger_discrepancies(found)  # committed
 
     async def handle_batch(self, records: list[Any]) -> None:
         if not records:
@@ -176,14 +189,15 @@ class LedgerAnswers:
                 posted.append(_POSTED.model_validate_json(raw.value).data)
             except ValidationError as exc:
                 dead.append((i, raw, validation_reason(exc), "invalid"))
-        async def write(conn: Any) -> int:
-            await store.record_ledger_answers(conn, posted)
-            return len(posted)
+        async def write(conn: Any) -> list[tuple[str, str]]:
+            return await store.record_ledger_answers(conn, posted)
 
-        if await rt.write_batch(records, write, timer=BATCH_SECONDS.labels("ledger-answers"), what="ledger answers batch") is None:
+        found = await rt.write_batch(records, write, timer=BATCH_SECONDS.labels("ledger-answers"), what="ledger answers batch")
+        if found is None:
             for raw in records:  # rolled back: find the record, one by one
                 await rt.handle_one(raw, LEDGER_POSTED_DLQ.name, self.process)
             return
+        metrics.ledger_discrepancies(found)  # committed
         await rt.finish_batch(records, {LEDGER_POSTED.name: len(posted)}, dead, DLQ)
 
 

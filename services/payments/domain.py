@@ -237,24 +237,54 @@ class InputError(ValueError):
 
 
 def validate_codes(req: PaymentRequested, ref: ReferenceData) -> str:
-    """Check codes against reference data; returns the provider's region."""
+    """Check codes against reference data; returns the provider's region.
+
+    A payment names the trust (3 characters, the ledger's account), not one of its sites, and only
+    a trust the commissioner holds a contract with."""
     if req.commissioner_code not in ref.commissioners:
         raise InputError("commissioner_code", f"{req.commissioner_code} is not a known integrated care board")
-    region = ref.region_of_provider(req.provider_code)
-    if region is None:
+    if req.provider_code not in ref.providers:
+        if ref.trust_of(req.provider_code) is not None:
+            raise InputError("provider_code", f"{req.provider_code} is a site; payments name its trust"
+                                              f" ({ref.trust_of(req.provider_code)})")
         raise InputError("provider_code", f"{req.provider_code} is not a known provider")
-    return region
+    if not ref.commissions(req.commissioner_code, req.provider_code):
+        raise InputError("provider_code", f"{req.commissioner_code} holds no contract with {req.provider_code}")
+    return ref.providers[req.provider_code].region_code
+
+
+ActivityWindow = tuple[date, date]
+"""The plausible activity dates (earliest, latest), both included: care cannot be dated in the
+future, and a payment for care years ago is a typing error, not a claim (and would sit in a period
+settled long ago)."""
+
+
+def activity_window(today: date, max_age_days: int) -> ActivityWindow:
+    # One day of slack: an English date runs an hour ahead of UTC in summer time.
+    return today - timedelta(days=max_age_days), today + timedelta(days=1)
+
+
+def check_activity_date(activity_date: date, window: ActivityWindow) -> None:
+    earliest, latest = window
+    if activity_date > latest:
+        raise InputError("activity_date", f"{activity_date.isoformat()} is in the future (latest {latest.isoformat()})")
+    if activity_date < earliest:
+        raise InputError("activity_date", f"{activity_date.isoformat()} is earlier than {earliest.isoformat()}")
 
 
 def episode_for_request(
-    req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData, hold_model: HoldModel = "held_account"
+    req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData, hold_model: HoldModel = "held_account",
+    window: ActivityWindow | None = None,
 ) -> Episode:
     """The episode a payment request creates: codes checked, scheme chosen, at-risk share computed.
 
-    Shared by the service (store.accept_payment) and the offline what-if replay, so both apply
-    exactly the same acceptance rules.
+    Shared by the service (live channels pass the plausible ``window`` of activity dates) and the
+    offline what-if replay (which replays recorded events and passes none), so both apply exactly
+    the same acceptance rules.
     """
     region = validate_codes(req, ref)
+    if window is not None:
+        check_activity_date(req.activity_date, window)
     scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
                          provider=req.provider_code, service_type=req.service_type)
     return new_episode(
@@ -428,6 +458,27 @@ def decide(episode: Episode, answers: Sequence[Answer], scheme: Scheme) -> Decis
 # ---------------------------------------------------------------------------------------------
 # Settling
 # ---------------------------------------------------------------------------------------------
+def last_day_of(period: str) -> date:
+    year, month = int(period[:4]), int(period[5:7])
+    first_of_next = date(year + month // 12, month % 12 + 1, 1)
+    return first_of_next - timedelta(days=1)
+
+
+def settlement_opens_on(period: str, decision_window_days: Sequence[int]) -> date:
+    """The first day a period may be settled: every episode's decision window has closed, the last
+    being that of care on the period's last day (``window_end``; the longest window among the
+    schemes that govern the period's episodes)."""
+    window = max(decision_window_days, default=0)
+    return last_day_of(period) + timedelta(days=window + 1)
+
+
+def latest_settleable_period(today: date, decision_window_days: int) -> str:
+    """The most recent period whose decision windows have all closed by ``today``."""
+    candidate = today.replace(day=1) - timedelta(days=1)  # last day of the previous month
+    while settlement_opens_on(period_of(candidate), [decision_window_days]) > today:
+        candidate = candidate.replace(day=1) - timedelta(days=1)
+    return period_of(candidate)
+
 @dataclass(frozen=True)
 class EpisodeSettlement:
     episode: Episode

@@ -15,16 +15,19 @@ Invariant per region (over the life of one process): held = released + diverted 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+log = logging.getLogger(__name__)
+
 # The seven NHS England regions (shared/reference/regions.csv). Codes outside this set (a
 # deployment's own reference data) are reported as "other", so the label can never grow unbounded.
 REGIONS = ("Y56", "Y58", "Y59", "Y60", "Y61", "Y62", "Y63")
 OTHER = "other"
-TRIGGERS = ("admin-api", "scheduler")
+TRIGGERS = ("api", "scheduler")
 
 BILLED = Counter("payments_billed_pence", "Pence requested by commissioners in accepted (new) payments", ["region_code"])
 HELD = Counter("payments_held_pence", "Pence held at risk when a new payment was accepted", ["region_code"])
@@ -33,6 +36,9 @@ DIVERTED = Counter("payments_diverted_pence", "At-risk pence diverted to the reg
 APPEALED_BACK = Counter("payments_appealed_back_pence", "Diverted pence returned fund -> provider by upheld appeals", ["region_code"])
 SETTLEMENT_RUNS = Counter("payments_settlement_runs", "Settlement runs started, by trigger", ["trigger"])
 SETTLEMENT_UNITS = Counter("payments_settlement_units", "Settlement units (provider, period, scheme) that wrote a report", ["region_code"])
+LEDGER_DISCREPANCIES = Counter(
+    "payments_ledger_discrepancies_total",
+    "Transfers payments asked for that the ledger refused or recorded otherwise (GET /v1/ledger-discrepancies)")
 SETTLEMENT_SECONDS = Histogram(
     "settlement_duration_seconds",
     "Time to settle one provider-period-scheme unit (one transaction, including commit)",
@@ -97,3 +103,14 @@ def appeal_decided(appeal: dict[str, Any], changed: bool) -> None:
     """Call after the decision committed. Counts an upheld appeal once (a repeat changes nothing)."""
     if changed and appeal.get("status") == "upheld":
         APPEALED_BACK.labels(region_label(appeal.get("region_code"))).inc(appeal.get("diverted_pence") or 0)
+
+
+def ledger_discrepancies(found: list[tuple[str, str]]) -> None:
+    """Call after the answers' transaction committed, with the new discrepancies it recorded."""
+    if not found:
+        return
+    LEDGER_DISCREPANCIES.inc(len(found))
+    for transfer_id, why in found[:20]:
+        log.error("ledger discrepancy on %s: %s", transfer_id, why)
+    if len(found) > 20:
+        log.error("... and %d more ledger discrepancies (GET /v1/ledger-discrepancies)", len(found) - 20)

@@ -1,16 +1,32 @@
-"""Who may call what: the scope each payments route needs (deny by default, see shared/auth.py)."""
+"""Who may call what on payments (deny by default, see shared/auth.py) and what each token's
+binding must cover (shared/reach.py). The README's threat model prints this table."""
+
+from __future__ import annotations
+
+from shared.auth import Rule
+
+READ = "ledger:read"
 
 POLICY = {
-    ("POST", "/v1/payment-requests"): "payments:write",
-    ("POST", "/v1/payment-requests/batch"): "payments:write",
-    ("GET", "/v1/episodes/{episode_id}"): "ledger:read",
-    ("GET", "/v1/schemes"): "ledger:read",
-    ("POST", "/v1/settlements/run"): "schemes:admin",
-    ("GET", "/v1/settlements"): "ledger:read",
-    ("POST", "/v1/episodes/{episode_id}/appeal"): "appeals:write",
-    ("POST", "/v1/episodes/{episode_id}/appeal/decision"): "appeals:decide",
-    ("GET", "/v1/episodes/{episode_id}/appeal"): "ledger:read",
-    ("GET", "/v1/appeals"): "ledger:read",
-    ("GET", "/v1/providers/{provider_code}/periods/{period}"): "ledger:read",
-    ("GET", "/v1/funds/{region_code}/periods/{period}"): "ledger:read",
+    ("POST", "/v1/payment-requests"): Rule(
+        "payments:write", "the commissioner (national, its region, or the ICB itself)",
+        "403 another commissioner; 422 a trust the ICB holds no contract with, unknown codes, an implausible activity_date"),
+    ("POST", "/v1/payment-requests/batch"): Rule(
+        "payments:write", "each item's commissioner", "per item: 403 (forbidden) or 422 (invalid), the others go through"),
+    ("GET", "/v1/episodes/{episode_id}"): Rule(READ, "the episode's provider or its commissioner", "404, as for no such episode"),
+    ("GET", "/v1/schemes"): Rule(READ, "any", ""),
+    ("POST", "/v1/settlements/run"): Rule(
+        "schemes:admin", "settles only the providers it acts for (national, their region, the trust)",
+        "403 a provider or region outside the binding; 409 a period whose decision window is still open"),
+    ("GET", "/v1/settlements"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    ("POST", "/v1/episodes/{episode_id}/appeal"): Rule(
+        "appeals:write", "acts for the episode's provider (the trust itself, its region, or national)", "404 another trust's episode"),
+    ("POST", "/v1/episodes/{episode_id}/appeal/decision"): Rule(
+        "appeals:decide", "acts for the episode's provider", "404 outside the binding; 403 the appellant deciding their own appeal"),
+    ("GET", "/v1/episodes/{episode_id}/appeal"): Rule(READ, "the episode's provider", "404 outside the binding"),
+    ("GET", "/v1/appeals"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    ("GET", "/v1/providers/{provider_code}/periods/{period}"): Rule(READ, "the provider", "403 outside the binding"),
+    ("GET", "/v1/funds/{region_code}/periods/{period}"): Rule(READ, "the region (national or region-bound tokens)",
+                                                            "403 outside the binding"),
+    ("GET", "/v1/ledger-discrepancies"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
 }

@@ -24,7 +24,6 @@ class PaymentsSettings(ServiceSettings):
     )
     consumer_group: str = "payments"
     schemes_dir: Path = DEFAULT_SCHEMES
-    reference_dir: Path | None = None  # None = the shipped OGL extract
     batch_max_items: int = Field(default=1000, ge=1, le=10_000)
     # Kafka consumers (payment requests + feedback; the ledger's answers): records per batch and
     # how long to wait to fill one. Each batch is one database transaction.
@@ -37,3 +36,8 @@ class PaymentsSettings(ServiceSettings):
     # part or voided at settlement; needs a ledger with two-phase support. "held_account": posted
     # to held:<provider> (for a ledger without it). Recorded per episode, so switching is safe.
     ledger_hold_model: Literal["held_account", "two_phase"] = "two_phase"
+    # The plausible activity dates of a payment request: from this many days ago to tomorrow.
+    activity_date_max_age_days: int = Field(default=730, ge=1, le=3650)
+    # A transfer the ledger has not answered after this long is listed as overdue by
+    # GET /v1/ledger-discrepancies (the ledger answers in well under a second when it is up).
+    ledger_answer_overdue_s: int = Field(default=3600, ge=10, le=30 * 86_400)

@@ -10,11 +10,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import asyncpg
 
-from services.payments import domain, metrics, outbox_rows
+from services.payments import domain, metrics, outbox_rows, reconcile
 from services.payments.domain import InputError  # re-exported: api and consumer catch store.InputError
 from services.payments.schemes import Scheme, SchemeBook
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested
@@ -47,12 +48,13 @@ def request_fingerprint(req: PaymentRequested) -> str:
     return hashlib.sha256(req.model_dump_json().encode()).hexdigest()
 
 
-async def _track_transfers(conn: asyncpg.Connection, rows: list[tuple[str, str, str]]) -> None:
-    """Remember each requested transfer (transfer_id, episode_id, cause kind) to follow its fate."""
+async def _track_transfers(conn: asyncpg.Connection, rows: list[tuple[str, str, str, str]]) -> None:
+    """Remember each requested transfer (transfer_id, episode_id, cause kind, transfer kind) to
+    follow its fate: the ledger's answer is compared with what it should be (reconcile.py)."""
     await conn.execute(
-        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+        "INSERT INTO ledger_transfers(transfer_id, episode_id, kind, expected_status)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [reconcile.expected_status(r[3]) for r in rows],  # type: ignore[arg-type]
     )
 
 
@@ -63,7 +65,7 @@ async def _request_transfers(conn: asyncpg.Connection, transfers: list[tuple[Tra
     posts or voids it land on one partition, in order."""
     if not transfers:
         return
-    await _track_transfers(conn, [(t.transfer_id, episode, t.cause.kind) for t, episode in transfers])
+    await _track_transfers(conn, [(t.transfer_id, episode, t.cause.kind, t.kind) for t, episode in transfers])
     occurred_at = outbox_rows.occurred_now()
     await enqueue(conn, [
         outbox_rows.contract_row(t, correlation_id=correlation_id, causation_id=causation_id, event_id=event_id,
@@ -77,7 +79,7 @@ async def _request_planned(conn: asyncpg.Connection, plan: tuple[domain.PlannedT
     """Track and enqueue one payment's planned transfers (accept_payment, one event)."""
     if not plan:
         return
-    await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in plan])
+    await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind, p.kind) for p in plan])
     await enqueue(conn, outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=causation_id,
                                                  event_ids=outbox_rows.event_ids(len(plan)),
                                                  occurred_at=outbox_rows.occurred_now()))
@@ -86,9 +88,10 @@ async def _request_planned(conn: asyncpg.Connection, plan: tuple[domain.PlannedT
 async def accept_payment(
     conn: asyncpg.Connection, req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData,
     correlation_id: str, causation_id: str | None = None, hold_model: domain.HoldModel = "held_account",
+    window: domain.ActivityWindow | None = None,
 ) -> Accepted:
     """Idempotent on payment_id and episode_id. Caller provides the transaction."""
-    episode = domain.episode_for_request(req, book=book, ref=ref, hold_model=hold_model)
+    episode = domain.episode_for_request(req, book=book, ref=ref, hold_model=hold_model, window=window)
     plan = domain.payment_plan(episode)
     fp = request_fingerprint(req)
     status = "held" if episode.at_risk_pence else "paid_in_full"
@@ -132,11 +135,8 @@ async def record_answer(conn: asyncpg.Connection, fb: FeedbackReceived) -> bool:
     return bool(inserted)
 
 
-async def record_ledger_answer(conn: asyncpg.Connection, posted: TransferPosted) -> None:
-    await conn.execute(
-        "UPDATE ledger_transfers SET status = $2, entry_seq = $3, reason = $4 WHERE transfer_id = $1 AND status <> 'posted'",
-        posted.transfer_id, posted.status, posted.entry_seq, posted.reason,
-    )
+async def record_ledger_answer(conn: asyncpg.Connection, posted: TransferPosted) -> list[tuple[str, str]]:
+    return await record_ledger_answers(conn, [posted])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ _INSERT_EPISODES = (
 
 async def accept_payments(
     conn: asyncpg.Connection, items: list[PaymentItem], *, book: SchemeBook, ref: ReferenceData,
-    hold_model: domain.HoldModel = "held_account",
+    hold_model: domain.HoldModel = "held_account", window: domain.ActivityWindow | None = None,
 ) -> list[Accepted | InputError | Conflict]:
     """accept_payment for a batch, in the caller's transaction: item i gets exactly the outcome
     accept_payment would give it after items 0..i-1 (a repeat inside the batch is a duplicate or
@@ -223,7 +223,7 @@ async def accept_payments(
     prepared: list[tuple[domain.Episode, str, str] | InputError] = []
     for item in items:
         try:
-            episode = domain.episode_for_request(item.request, book=book, ref=ref, hold_model=hold_model)
+            episode = domain.episode_for_request(item.request, book=book, ref=ref, hold_model=hold_model, window=window)
         except InputError as exc:
             prepared.append(exc)
             continue
@@ -282,7 +282,7 @@ async def accept_payments(
     inserted = await conn.fetch(_INSERT_EPISODES, *columns)
     if len(inserted) != len(new):
         raise Raced(f"{len(new) - len(inserted)} of {len(new)} episodes were inserted by another writer meanwhile")
-    await _track_transfers(conn, [(p.transfer_id, item.request.episode_id, p.cause_kind)
+    await _track_transfers(conn, [(p.transfer_id, item.request.episode_id, p.cause_kind, p.kind)
                                   for item, *_, plan in new for p in plan])
     await conn.copy_records_to_table("outbox", records=_batch_rows(new), columns=["topic", "key", "payload", "headers"])
     return outcomes
@@ -339,17 +339,33 @@ def final_ledger_answers(answers: list[TransferPosted]) -> list[TransferPosted]:
     return list(final.values())
 
 
-async def record_ledger_answers(conn: asyncpg.Connection, answers: list[TransferPosted]) -> None:
-    """record_ledger_answer for a batch, in one statement (same end state as one by one, in order)."""
+async def record_ledger_answers(conn: asyncpg.Connection, answers: list[TransferPosted]) -> list[tuple[str, str]]:
+    """Record what the ledger did with each transfer, in two statements for the batch (same end
+    state as one by one, in order), and any answer that is not the one payments expects
+    (reconcile.py). Returns the new discrepancies as (transfer id, why)."""
     final = final_ledger_answers(answers)
     if not final:
-        return
-    await conn.execute(
-        "UPDATE ledger_transfers t SET status = d.s, entry_seq = d.q, reason = d.r"
+        return []
+    rows = await conn.fetch(
+        "UPDATE ledger_transfers t SET status = d.s, entry_seq = d.q, reason = d.r, answered_at = now()"
         " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS d(id, s, q, r)"
-        " WHERE t.transfer_id = d.id AND t.status <> 'posted'",
+        " WHERE t.transfer_id = d.id AND t.status <> 'posted' RETURNING t.transfer_id, t.expected_status, t.discrepancy",
         [a.transfer_id for a in final], [a.status for a in final], [a.entry_seq for a in final], [a.reason for a in final],
     )
+    by_id = {a.transfer_id: a for a in final}
+    found = []
+    for r in rows:
+        answer = by_id[r["transfer_id"]]
+        why = reconcile.discrepancy(r["expected_status"], answer.status, answer.reason)
+        if why is not None and r["discrepancy"] != why:
+            found.append((r["transfer_id"], why))
+    if found:
+        await conn.execute(
+            "UPDATE ledger_transfers t SET discrepancy = d.why, discrepancy_at = now()"
+            " FROM unnest($1::text[], $2::text[]) AS d(id, why) WHERE t.transfer_id = d.id",
+            [f[0] for f in found], [f[1] for f in found],
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +404,7 @@ async def _request_settlement(conn: asyncpg.Connection, plan: list[domain.Planne
     if not plan:
         return
     for part in _slices(plan):
-        await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind) for p in part])
+        await _track_transfers(conn, [(p.transfer_id, p.episode.episode_id, p.cause_kind, p.kind) for p in part])
     rows = outbox_rows.planned_rows(plan, correlation_id=correlation_id, causation_id=None,
                                     event_ids=outbox_rows.event_ids(len(plan)), occurred_at=outbox_rows.occurred_now())
     for part in _slices(rows):
@@ -482,21 +498,41 @@ def settlement_summary(settlement_id: str, report: domain.SettlementReport) -> d
     }
 
 
+class NotYet(ValueError):
+    """A period whose decision windows have not all closed: nothing settles before ``opens_on``."""
+
+    def __init__(self, period: str, opens_on: date) -> None:
+        super().__init__(f"period {period} may be settled from {opens_on.isoformat()}, once every episode's decision window"
+                         " has closed")
+        self.period = period
+        self.opens_on = opens_on
+
+
 async def run_settlement(
     pool: asyncpg.Pool, book: SchemeBook, *, period: str, provider_code: str | None, run_by: str, correlation_id: str,
+    today: date, region_code: str | None = None, may_settle: Callable[[str], bool] | None = None, trigger: str = "api",
 ) -> list[dict[str, Any]]:
-    """Settle every unsettled unit of a period (optionally one provider), one transaction each."""
-    metrics.settlement_run(run_by)
+    """Settle every unsettled unit of a period (optionally one provider or region, and only the
+    providers ``may_settle`` allows), one transaction each. Refuses (NotYet) a period whose
+    decision windows are still open on ``today``: an answer could still arrive and change money."""
     async with pool.acquire() as conn:
         units = await conn.fetch(
             "SELECT DISTINCT provider_code, scheme_id, scheme_version FROM episodes"
             " WHERE period = $1 AND status = 'held' AND ($2::text IS NULL OR provider_code = $2)"
+            " AND ($3::text IS NULL OR region_code = $3)"
             " ORDER BY provider_code, scheme_id, scheme_version",
-            period, provider_code,
+            period, provider_code, region_code,
         )
+    schemes = [book.get(u["scheme_id"], u["scheme_version"]) for u in units]
+    windows = [s.decision_window_days for s in schemes if s is not None] or [s.decision_window_days for s in book.schemes]
+    opens_on = domain.settlement_opens_on(period, windows)
+    if today < opens_on:
+        raise NotYet(period, opens_on)
+    metrics.settlement_run(trigger)
     reports = []
-    for unit in units:
-        scheme = book.get(unit["scheme_id"], unit["scheme_version"])
+    for unit, scheme in zip(units, schemes):
+        if may_settle is not None and not may_settle(unit["provider_code"]):
+            continue
         if scheme is None:
             raise InputError("scheme", f"{unit['scheme_id']}@{unit['scheme_version']} is no longer loaded; cannot settle")
         with metrics.SETTLEMENT_SECONDS.time():
@@ -593,6 +629,10 @@ class Refused(ValueError):
     """A request the rules do not allow now (window closed, nothing diverted, decided). HTTP 409."""
 
 
+class SameActor(PermissionError):
+    """The person who appealed tried to decide the appeal (separation of duties). HTTP 403."""
+
+
 async def appeal_view(conn: asyncpg.Connection, episode_id: str) -> dict[str, Any] | None:
     a = await conn.fetchrow("SELECT * FROM appeals WHERE episode_id = $1", episode_id)
     if a is None:
@@ -664,6 +704,8 @@ async def decide_appeal(
     a = await conn.fetchrow("SELECT * FROM appeals WHERE episode_id = $1 FOR UPDATE", episode_id)
     if a is None:
         raise NotFound(f"episode {episode_id} has no appeal")
+    if decided_by == a["appealed_by"]:
+        raise SameActor(f"{decided_by} opened this appeal and cannot decide it; another authorised person must")
     refusal = domain.decision_refusal(a["status"], outcome)
     if refusal:
         raise Refused(refusal)
@@ -752,3 +794,18 @@ async def fund_figures(conn: asyncpg.Connection, region_code: str, period: str) 
 
 def current_period(today: date) -> str:
     return domain.period_of(today)
+
+
+async def ledger_discrepancies(conn: asyncpg.Connection, *, overdue_s: int, limit: int) -> list[dict[str, Any]]:
+    """Transfers with a discrepancy (reconcile.py) and those still unanswered after ``overdue_s``,
+    oldest first."""
+    rows = await conn.fetch(
+        "SELECT t.transfer_id, t.episode_id, t.kind, t.expected_status, t.status, t.reason, t.discrepancy,"
+        " t.requested_at, t.answered_at, e.provider_code, e.region_code, e.payment_id"
+        " FROM ledger_transfers t JOIN episodes e ON e.episode_id = t.episode_id"
+        " WHERE t.discrepancy IS NOT NULL"
+        " OR (t.status = 'requested' AND t.requested_at < now() - make_interval(secs => $1))"
+        " ORDER BY t.requested_at, t.transfer_id LIMIT $2",
+        overdue_s, limit,
+    )
+    return [{**dict(r), "problem": r["discrepancy"] or f"no answer from the ledger after {overdue_s} s"} for r in rows]

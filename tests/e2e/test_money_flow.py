@@ -52,7 +52,7 @@ async def balance(http: httpx.AsyncClient, ledger: str, account: str) -> int:
 
 async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None:
     run = uuid.uuid4().hex[:8]
-    activity = date.today() - timedelta(days=3)
+    activity = date.today() - timedelta(days=100)  # its period's decision windows have closed: it can be settled
     period = f"{activity:%Y-%m}"
     payments, feedback = stack.url("payments"), stack.url("feedback")
     ledger = stack.url("ledger")
@@ -68,7 +68,8 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
             if answer is not None:
                 r = await http.post(f"{feedback}/v1/submissions", json={
                     "submission_id": f"sub-{run}-{case}", "episode_id": f"ep-{run}-{case}", "provider_code": provider,
-                    "nhs_number": synthetic_nhs_number(n), "authored_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat(),
+                    "nhs_number": synthetic_nhs_number(n), "authored_at": (datetime(activity.year, activity.month, activity.day, 10, tzinfo=timezone.utc)
+                                                              + timedelta(days=2)).isoformat(),
                     "answers": {"instrument": "fft", "fft_answer": answer}, "free_text": "free text stays in feedback",
                 })
                 assert r.status_code == 202, r.text

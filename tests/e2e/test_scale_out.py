@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.security import DEV_METRICS_TOKEN
 from shared.demo import run_scenario
 from shared.devstack import Stack
 
@@ -35,7 +36,7 @@ async def run(tmp: Path, replicas: int) -> tuple[dict[str, int], set[tuple[str, 
         balances, entries = await final_ledger(stack)
         if replicas > 1:
             # Both instances did real work: the group spread the partitions over them.
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {DEV_METRICS_TOKEN}"}) as http:
                 for name, metric in (("payments-2", "events_handled_total"), ("ledger-2", "ledger_transfers_total")):
                     text = (await http.get(stack.services[name].url + "/metrics")).text
                     handled = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))

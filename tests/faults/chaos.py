@@ -23,6 +23,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.feedback.domain import synthetic_nhs_number
+from tests.privacy import nhs_hits
+from services.payments import domain as payments_domain
 from shared.contracts import PaymentRequested, envelope
 from shared.auth import SCOPES, bearer_headers
 from shared.devstack import Stack
@@ -89,9 +91,20 @@ async def kafka_send(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]
     raise RuntimeError(f"could not publish to {topic}")
 
 
+def planted_nhs_number(i: int) -> str:
+    """An NHS number a patient types into a comment or a client puts in a correlation id: it must be
+    removed before anything is stored (README "Privacy"), and the privacy scan looks for it."""
+    return synthetic_nhs_number(500_000 + i)
+
+
+def spaced(nhs: str) -> str:
+    return f"{nhs[:3]} {nhs[3:6]} {nhs[6:]}"
+
+
 def build(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     rng = random.Random(seed)
-    month_end = date.today().replace(day=1) - timedelta(days=1)
+    # The latest month whose decision windows (56 days) have closed, so it can be settled today.
+    month_end = payments_domain.last_day_of(payments_domain.latest_settleable_period(date.today(), 56))
     run = uuid.uuid4().hex[:6]
     payments, feedback = [], []
     for i in range(n):
@@ -107,7 +120,7 @@ def build(n: int, seed: int) -> tuple[list[dict], list[dict]]:
             feedback.append({"submission_id": f"f{run}-s{i}", "episode_id": eid, "provider_code": provider,
                              "nhs_number": synthetic_nhs_number(i), "authored_at": authored.isoformat(),
                              "answers": {"instrument": "fft", "fft_answer": rng.choice([1, 1, 2, 2, 3, 4, 5, 6])},
-                             "free_text": f"note {i}"})
+                             "free_text": f"note {i}" if i % 40 else f"note {i}: my nhs number is {spaced(planted_nhs_number(i))}"})
     return payments, feedback
 
 
@@ -124,8 +137,10 @@ async def send_load(stack: Stack, payments: list[dict], feedback: list[dict], c:
 
         async def kafka_payments() -> None:
             items = []
-            for p in payments[half_p:]:
-                env = envelope(PaymentRequested.model_validate(p), "payments.requested.v1", producer="faults", correlation_id="faults")
+            for n, p in enumerate(payments[half_p:]):
+                # Now and then a commissioner's correlation id holds an NHS number: it must never reach the ledger.
+                cid = "faults" if n % 100 else f"faults-{planted_nhs_number(n)}"
+                env = envelope(PaymentRequested.model_validate(p), "payments.requested.v1", producer="faults", correlation_id=cid)
                 items.append((p["episode_id"].encode(), env.model_dump_json().encode()))
             for i in range(0, len(items), 1000):
                 await kafka_send(bootstrap, PAYMENTS_REQUESTED.name, items[i:i + 1000], c)
@@ -133,13 +148,14 @@ async def send_load(stack: Stack, payments: list[dict], feedback: list[dict], c:
         async def http_feedback() -> None:
             sem = asyncio.Semaphore(8)
 
-            async def one(fb: dict) -> None:
+            async def one(n: int, fb: dict) -> None:
                 async with sem:
-                    r = await http_call(http, c, "POST", f"{stack.url('feedback')}/v1/submissions", json=fb)
+                    trace = {"X-Correlation-ID": f"trace-{planted_nhs_number(n)}"} if n % 100 == 0 else {}
+                    r = await http_call(http, c, "POST", f"{stack.url('feedback')}/v1/submissions", json=fb, headers=trace)
                     if r.status_code not in (200, 202):
                         raise AssertionError(f"feedback refused: {r.status_code} {r.text}")
 
-            await asyncio.gather(*(one(fb) for fb in feedback[:half_f]))
+            await asyncio.gather(*(one(n, fb) for n, fb in enumerate(feedback[:half_f])))
 
         async def kafka_feedback() -> None:
             items = []
@@ -322,14 +338,13 @@ async def replay(stack: Stack, c: Counters) -> None:
     await wait_quiet(stack, c, time.monotonic() + 600)
 
 
-DIGIT_RUN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){9}(?![0-9])")
 # The intake topic is where app backends publish submissions with the patient's NHS number: it is
 # identifiable by design (short retention, restricted access; README). Everything else must be clean.
 IDENTIFIABLE_BY_DESIGN = {FEEDBACK_SUBMITTED.name}
 
 
 def _nhs_hits(blob: bytes, nhs_numbers: set[bytes]) -> int:
-    return sum(1 for m in DIGIT_RUN.finditer(blob) if re.sub(rb"[ -]", b"", m.group()) in nhs_numbers)
+    return nhs_hits(blob, nhs_numbers)
 
 
 async def privacy_scan(stack: Stack, nhs_numbers: set[bytes]) -> dict[str, int]:
@@ -426,7 +441,8 @@ async def run(episodes: int = 20_000, min_kills: int = 20, seed: int = 7) -> dic
         async with httpx.AsyncClient(timeout=120, headers=ALL_SCOPES) as http:
             verify_after = (await http.get(f"{stack.url('ledger')}/v1/verify")).json()
         result = check(before, after, c)
-        privacy = await privacy_scan(stack, {fb["nhs_number"].encode() for fb in feedback})
+        known = {fb["nhs_number"].encode() for fb in feedback} | {planted_nhs_number(i).encode() for i in range(len(payments))}
+        privacy = await privacy_scan(stack, known)
         c.note(f"privacy scan: NHS numbers found in tables={privacy['tables']} topics={privacy['topics']} logs={privacy['logs']}"
                f" (control: {privacy['intake_control']} in the identifiable intake topic)")
         result.update(chain_ok=verify["ok"] and verify_after["ok"], counters=c, seconds=time.monotonic() - t0,

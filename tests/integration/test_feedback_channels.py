@@ -399,15 +399,15 @@ async def test_fft_report_with_primary_and_secondary_suppression(settings) -> No
     run = uuid.uuid4().hex[:6]
     month = NOW.replace(day=15, hour=12, minute=0, second=0, microsecond=0) - timedelta(days=40)
     period = month.strftime("%Y-%m")
-    plan = {"RAA": [1] * 6 + [2] * 2 + [4] * 2, "RBB": [1, 5, 6], "RCC": [2] * 5 + [5], "RDD": []}
+    plan = {"RGT": [1] * 6 + [2] * 2 + [4] * 2, "RH8": [1, 5, 6], "RRK": [2] * 5 + [5], "RR8": []}
     batch, n = [], 0
     for provider, answers in plan.items():
         for a in answers:
             batch.append(submission(run, n, provider_code=provider, authored_at=month.isoformat(),
                                     answers={"instrument": "fft", "fft_answer": a}))
             n += 1
-    # RDD answered only in another month; an amendment at RAA must not count.
-    batch.append(submission(run, n, provider_code="RDD", authored_at=(month + timedelta(days=40)).isoformat()))
+    # RR8 answered only in another month; an amendment at RGT must not count.
+    batch.append(submission(run, n, provider_code="RR8", authored_at=(month - timedelta(days=40)).isoformat()))
     batch.append(submission(run, 0, submission_id=f"sub-{run}-amend", authored_at=month.isoformat(),
                             answers={"instrument": "fft", "fft_answer": 5}))
     async with running(create_app(settings)) as http:
@@ -415,14 +415,14 @@ async def test_fft_report_with_primary_and_secondary_suppression(settings) -> No
         assert r.json()["accepted"] == len(batch), r.text
         report = (await http.get("/v1/reports/fft", params={"period": period})).json()
         rows = {p["provider_code"]: p for p in report["providers"]}
-        assert rows["RAA"] == {"provider_code": "RAA", "responses": 10, "pct_positive": 80, "pct_negative": 20,
+        assert rows["RGT"] == {"provider_code": "RGT", "responses": 10, "pct_positive": 80, "pct_negative": 20,
                                "suppression": "none", "counts": {"very_good": 6, "good": 2, "neither": 0, "poor": 2,
                                                                  "very_poor": 0, "dont_know": 0}}
-        assert rows["RBB"] == {"provider_code": "RBB", "responses": None, "counts": None, "pct_positive": None,
+        assert rows["RH8"] == {"provider_code": "RH8", "responses": None, "counts": None, "pct_positive": None,
                                "pct_negative": None, "suppression": "primary"}
-        assert rows["RCC"] == {"provider_code": "RCC", "responses": None, "counts": None, "pct_positive": 83,
+        assert rows["RRK"] == {"provider_code": "RRK", "responses": None, "counts": None, "pct_positive": 83,
                                "pct_negative": 17, "suppression": "secondary"}
-        assert rows["RDD"]["responses"] == 0 and rows["RDD"]["suppression"] == "none"
+        assert rows["RR8"]["responses"] == 0 and rows["RR8"]["suppression"] == "none"
         assert report["total"]["responses"] == 19
         bad = await http.get("/v1/reports/fft", params={"period": "2026-13"})
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.period"

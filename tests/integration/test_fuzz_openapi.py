@@ -63,6 +63,7 @@ from services.ledger.settings import LedgerSettings
 from services.payments.app import create_app as create_payments
 from services.payments.settings import PaymentsSettings
 from shared.db import ensure_database
+from shared.auth import SCOPES, mint
 from tests.conftest import ALL_SCOPES_TOKEN, running
 
 pytestmark = [
@@ -74,9 +75,12 @@ pytestmark = [
 
 MAX_EXAMPLES = 20  # per operation and generation mode
 BUDGET_S = 6.0  # per operation (both modes); the rest of the examples are drawn but not sent
+REGION_BUDGET_S = 3.0  # the same operation again with a region-scoped token
 REQUEST_TIMEOUT_S = 30.0
 BASE_URL = "http://test"
 AUTH = {"Authorization": f"Bearer {ALL_SCOPES_TOKEN}"}
+# Every scope, bound to London: reads filter, writes outside London are refused; still never a 5xx.
+REGION_AUTH = {"Authorization": f"Bearer {mint(sorted(SCOPES), subject='london-fuzz', regions=['Y56'], ttl_s=6 * 3600)}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
@@ -149,7 +153,8 @@ async def _send(client: httpx.AsyncClient, kwargs: dict[str, Any]) -> httpx.Resp
     )
 
 
-def _fuzz(target: Target, method: str, path: str, mode: schemathesis.GenerationMode, deadline: float) -> int:
+def _fuzz(target: Target, method: str, path: str, mode: schemathesis.GenerationMode, deadline: float,
+          auth: dict[str, str] = AUTH) -> int:
     """Run one operation's hypothesis test in this (worker) thread; returns how many cases were sent."""
     operation = target.schema[path][method]
     sent = 0
@@ -164,7 +169,7 @@ def _fuzz(target: Target, method: str, path: str, mode: schemathesis.GenerationM
         nonlocal sent
         if time.monotonic() > deadline:
             return
-        kwargs = case.as_transport_kwargs(base_url=BASE_URL, headers=AUTH)
+        kwargs = case.as_transport_kwargs(base_url=BASE_URL, headers=auth)
         future = asyncio.run_coroutine_threadsafe(_send(target.client, kwargs), target.loop)
         response = future.result(timeout=REQUEST_TIMEOUT_S)
         sent += 1
@@ -184,6 +189,13 @@ async def test_operation_conforms_to_its_schema(service: Target, operation: tupl
             continue  # nothing in the request can be made invalid (no parameters, no body)
         sent += await asyncio.to_thread(_fuzz, service, method, path, mode, deadline)
     assert sent > 0, f"{method} {path}: no case was sent within {BUDGET_S}s"
+    deadline = time.monotonic() + REGION_BUDGET_S
+    regional = 0
+    for mode in MODES:
+        if mode is schemathesis.GenerationMode.NEGATIVE and not _negatable(service.schema[path][method]):
+            continue
+        regional += await asyncio.to_thread(_fuzz, service, method, path, mode, deadline, REGION_AUTH)
+    assert regional > 0, f"{method} {path}: no case was sent with the region-scoped token"
 
 
 def _negatable(operation: Any) -> bool:

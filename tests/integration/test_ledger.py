@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 @contextlib.asynccontextmanager
-async def ledger_http(settings: LedgerSettings, scopes: Sequence[str] = ("ledger:read", "ledger:admin"),
+async def ledger_http(settings: LedgerSettings, scopes: Sequence[str] = ("ledger:read", "ledger:admin", "ledger:audit"),
                       regions: list[str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """The ledger in process (used by every ledger integration module), called with a bearer token."""
     async with running(create_app(settings)) as http:
@@ -32,7 +32,8 @@ async def ledger_http(settings: LedgerSettings, scopes: Sequence[str] = ("ledger
 
 
 def transfer(tid: str, *legs: tuple[str, int], kind: str = "manual") -> dict:
-    return {"transfer_id": tid, "legs": [{"account_id": a, "amount_pence": p} for a, p in legs], "cause": {"kind": kind}}
+    """A manual transfer body (HTTP transfers live in the manual: namespace)."""
+    return {"transfer_id": tid if ":" in tid else f"manual:{tid}", "legs": [{"account_id": a, "amount_pence": p} for a, p in legs], "cause": {"kind": kind}}
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ async def test_unbalanced_and_floor_breaking_transfers_are_refused(settings) -> 
         assert funded.status_code == 422  # held:RJ1 is empty too
         again = await http.post("/v1/transfers", json=transfer("t-f", ("fund:Y56", -1), ("provider:RJ1", 1)))
         assert again.status_code == 422 and "floor" in again.json()["detail"]
-        view = (await http.get("/v1/transfers/t-f")).json()
+        view = (await http.get("/v1/transfers/manual:t-f")).json()
         assert view["status"] == "rejected" and "floor" in view["reason"]
 
 
@@ -105,7 +106,8 @@ async def test_journal_is_append_only_and_tampering_is_detected(settings) -> Non
         result = (await http.get("/v1/verify")).json()
         assert result["ok"] is False
         assert result["first_bad_seq"] == 3
-        assert result["first_bad_transfer_id"] == "t-2"
+        assert result["first_bad_transfer_id"] == "manual:t-2"
+        assert result["verified_through_seq"] == 2 and result["entries_checked"] == 2  # how far it got
 
 
 async def test_consumer_posts_batches_once_despite_duplicates_and_dead_letters_bad_events(settings, kafka_bootstrap) -> None:
@@ -113,11 +115,11 @@ async def test_consumer_posts_batches_once_despite_duplicates_and_dead_letters_b
         msgs = []
         for i in range(50):
             req = TransferRequested(
-                transfer_id=f"k-{i}",
+                transfer_id=f"hold:k-{i}",
                 legs=(Leg(account_id="commissioner:QHM", amount_pence=-1000), Leg(account_id="held:RTD", amount_pence=1000)),
                 cause=TransferCause(kind="payment_hold", payment_id=f"p-{i}"),
             )
-            env = envelope(req, "ledger.transfer-requested.v1", producer="test", correlation_id=f"c-{i}")
+            env = envelope(req, "ledger.transfer-requested.v1", producer="payments", correlation_id=f"c-{i}")
             raw = env.model_dump_json().encode()
             msgs.append((req.transfer_id.encode(), raw, {"correlation_id": f"c-{i}"}))
             if i % 5 == 0:
@@ -138,7 +140,7 @@ async def test_consumer_posts_batches_once_despite_duplicates_and_dead_letters_b
         await http._transport.app.state.runtime.relay.drain()  # type: ignore[attr-defined]
         posted = await read_topic(kafka_bootstrap, LEDGER_POSTED.name, expect=10_000, timeout_s=5)
         events = [json.loads(r.value)["data"] for r in posted]
-        statuses = {e["transfer_id"]: e["status"] for e in events if e["transfer_id"].startswith("k-")}
+        statuses = {e["transfer_id"]: e["status"] for e in events if e["transfer_id"].startswith("hold:k-")}
         assert len(statuses) == 50 and set(statuses.values()) == {"posted"}
         verify = (await http.get("/v1/verify")).json()
         assert verify["ok"] and verify["entries_checked"] == 50

@@ -29,8 +29,18 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def manual(tid: str) -> str:
+    """Transfers posted over HTTP live in the manual: namespace (shared/namespaces.py)."""
+    return tid if ":" in tid else f"manual:{tid}"
+
+
 def body(tid: str, *legs: tuple[str, int], kind: str = "posted", cause: str = "manual", **extra) -> dict:  # type: ignore[no-untyped-def]
-    return {"transfer_id": tid, "kind": kind, "legs": [{"account_id": a, "amount_pence": p} for a, p in legs],
+    for link in ("pending_id", "reverses"):
+        if extra.get(link):
+            extra[link] = manual(extra[link])
+    if kind == "pending":
+        extra.setdefault("timeout_s", 30 * 86_400)  # a manual hold always has a timeout
+    return {"transfer_id": manual(tid), "kind": kind, "legs": [{"account_id": a, "amount_pence": p} for a, p in legs],
             "cause": {"kind": cause}, **extra}
 
 
@@ -72,8 +82,8 @@ async def test_two_phase_pending_partial_post_void_and_floors(settings) -> None:
         assert (b["posted_pence"], b["pending_debits_pence"], b["available_pence"]) == (3_800, 0, 3_800)
         again = await http.post("/v1/transfers", json=body("g1-void", kind="void_pending", pending_id="g1"))
         assert again.status_code == 422 and "already posted" in again.json()["detail"]
-        view = (await http.get("/v1/transfers/g1")).json()
-        assert (view["kind"], view["pending_status"], view["resolved_by"]) == ("pending", "posted", "g1-post")
+        view = (await http.get("/v1/transfers/manual:g1")).json()
+        assert (view["kind"], view["pending_status"], view["resolved_by"]) == ("pending", "posted", "manual:g1-post")
         assert view["legs"] == [{"account_id": "fund:Y56", "amount_pence": 0, "pending_pence": -3_000, "balance_after_pence": 5_000},
                                 {"account_id": "provider:RJ1", "amount_pence": 0, "pending_pence": 3_000, "balance_after_pence": 0}]
         # Void.
@@ -103,20 +113,20 @@ async def test_pending_times_out_and_voids_itself_and_a_late_post_is_refused(set
         await eventually(expired, timeout_s=15)
         late = await http.post("/v1/transfers", json=body("t1-post", kind="post_pending", pending_id="t1"))
         assert late.status_code == 422 and late.json()["detail"] == "pending expired"
-        view = (await http.get("/v1/transfers/t1")).json()
-        assert view["pending_status"] == "expired" and view["resolved_by"] == "t1~expired"
-        exp = (await http.get("/v1/transfers/t1~expired")).json()
+        view = (await http.get("/v1/transfers/manual:t1")).json()
+        assert view["pending_status"] == "expired" and view["resolved_by"] == "manual:t1~expired"
+        exp = (await http.get("/v1/transfers/manual:t1~expired")).json()
         assert exp["kind"] == "expire" and exp["status"] == "voided" and exp["cause"] == {"kind": "expiry"}
         # The expiry entry carries the correlation id of the pending transfer it voided.
         assert view["correlation_id"] == exp["correlation_id"] == "trace-t1"
-        assert (await http.get("/v1/transfers/t1-post")).json()["status"] == "rejected"
+        assert (await http.get("/v1/transfers/manual:t1-post")).json()["status"] == "rejected"
         assert (await bal(http, "fund:Y56"))["posted_pence"] == 5_000
         assert (await http.get("/v1/verify")).json()["ok"] is True
         await settings_relay_drain(http)
         events = [Envelope[TransferPosted].model_validate_json(r.value).data
                   for r in await read_topic(kafka_bootstrap, LEDGER_POSTED.name, expect=10_000, timeout_s=5)]
         statuses = [(e.transfer_id, e.status) for e in events]
-        assert ("t1", "voided") in statuses and ("t2", "voided") in statuses and ("t1-post", "rejected") in statuses
+        assert ("manual:t1", "voided") in statuses and ("manual:t2", "voided") in statuses and ("manual:t1-post", "rejected") in statuses
 
 
 async def settings_relay_drain(http) -> None:  # type: ignore[no-untyped-def]
@@ -137,7 +147,7 @@ async def test_expiry_sweeps_in_bounded_passes(settings) -> None:
         second = await store.expire_due(pool, limit=3, now=later)
         third = await store.expire_due(pool, limit=3, now=later)
         assert (len(first), len(second), third) == (3, 2, [])
-        assert {o.transfer_id for o in first + second} == {f"p{i}" for i in range(5)}
+        assert {o.transfer_id for o in first + second} == {f"manual:p{i}" for i in range(5)}
         assert (await bal(http, "fund:Y56"))["pending_debits_pence"] == 0
 
 
@@ -151,13 +161,13 @@ async def test_reversal_is_a_new_entry_negating_the_original_once(settings) -> N
         ok = await http.post("/v1/transfers", json=body("div-rev2", ("held:RJ1", 700), ("fund:Y56", -700), cause="reversal", reverses="div"))
         assert ok.status_code == 201, ok.text
         twice = await http.post("/v1/transfers", json=body("div-rev3", ("held:RJ1", 700), ("fund:Y56", -700), cause="reversal", reverses="div"))
-        assert twice.status_code == 422 and "already reversed by div-rev2" in twice.json()["detail"]
-        assert (await http.get("/v1/transfers/div")).json()["reversed_by"] == "div-rev2"
-        rev = (await http.get("/v1/transfers/div-rev2")).json()
-        assert rev["reverses"] == "div" and rev["cause"] == {"kind": "reversal"}
+        assert twice.status_code == 422 and "already reversed by manual:div-rev2" in twice.json()["detail"]
+        assert (await http.get("/v1/transfers/manual:div")).json()["reversed_by"] == "manual:div-rev2"
+        rev = (await http.get("/v1/transfers/manual:div-rev2")).json()
+        assert rev["reverses"] == "manual:div" and rev["cause"] == {"kind": "reversal"}
         assert (await bal(http, "fund:Y56"))["posted_pence"] == 5_000
         # The original is still in the journal, unchanged: corrections never edit.
-        assert [(x["account_id"], x["amount_pence"]) for x in (await http.get("/v1/transfers/div")).json()["legs"]] == [("fund:Y56", 700), ("held:RJ1", -700)]
+        assert [(x["account_id"], x["amount_pence"]) for x in (await http.get("/v1/transfers/manual:div")).json()["legs"]] == [("fund:Y56", 700), ("held:RJ1", -700)]
         assert (await http.get("/v1/verify")).json()["ok"] is True
 
 
@@ -192,11 +202,11 @@ async def test_balance_as_of_statement_trial_balance_csv_and_pagination(settings
             if not cursor:
                 break
         assert opening == 4_800
-        assert [ln["transfer_id"] for ln in lines] == [f"s{i}" for i in range(2, 7)]
+        assert [ln["transfer_id"] for ln in lines] == [f"manual:s{i}" for i in range(2, 7)]
         assert [ln["balance_after_pence"] for ln in lines] == [4_700, 4_600, 4_500, 4_400, 4_300]
         assert all(ln["amount_pence"] == -100 and ln["cause"] == {"kind": "manual"} for ln in lines)
         window = (await http.get("/v1/accounts/fund:Y56/statement", params={"from": marks[2].isoformat(), "to": marks[4].isoformat()})).json()
-        assert [ln["transfer_id"] for ln in window["lines"]] == ["s2", "s3"]
+        assert [ln["transfer_id"] for ln in window["lines"]] == ["manual:s2", "manual:s3"]
         bad = await http.get("/v1/accounts/fund:Y56/statement", params={"cursor": "not-a-cursor"})
         assert bad.status_code == 400
 
@@ -240,7 +250,7 @@ async def test_balance_as_of_statement_trial_balance_csv_and_pagination(settings
         as_of_list = (await http.get("/v1/accounts", params={"type": "fund", "as_of": marks[1].isoformat()})).json()
         assert [a["posted_pence"] for a in as_of_list["items"]] == [4_900, 0]
 
-        t = (await http.get("/v1/transfers/s3")).json()
+        t = (await http.get("/v1/transfers/manual:s3")).json()
         assert t["legs"] == [{"account_id": "fund:Y56", "amount_pence": -100, "pending_pence": 0, "balance_after_pence": 4_600},
                              {"account_id": "provider:RJ1", "amount_pence": 100, "pending_pence": 0, "balance_after_pence": 400}]
         assert t["cause"] == {"kind": "manual"} and len(t["hash"]) == 64
@@ -274,7 +284,7 @@ async def test_verify_cli_names_the_first_bad_entry(settings) -> None:
     finally:
         await conn.close()
     code, result = await asyncio.to_thread(cli)
-    assert code == 1 and result["first_bad_seq"] == 3 and result["first_bad_transfer_id"] == "v1"
+    assert code == 1 and result["first_bad_seq"] == 3 and result["first_bad_transfer_id"] == "manual:v1"
 
 
 async def test_pending_transfers_resolve_once_in_the_database(settings) -> None:
@@ -286,7 +296,7 @@ async def test_pending_transfers_resolve_once_in_the_database(settings) -> None:
     conn = await asyncpg.connect(settings.database_url)
     try:
         with pytest.raises(asyncpg.PostgresError, match="resolved once"):
-            await conn.execute("UPDATE pending_transfers SET status = 'pending' WHERE transfer_id = 'g'")
+            await conn.execute("UPDATE pending_transfers SET status = 'pending' WHERE transfer_id = 'manual:g'")
         with pytest.raises(asyncpg.PostgresError, match="resolved once"):
             await conn.execute("DELETE FROM pending_transfers")
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
@@ -319,10 +329,10 @@ async def test_scopes_and_region_limited_tokens(settings) -> None:
         assert (await admin.get("/v1/accounts/fund:Y62/statement", headers=london)).status_code == 403
         assert (await admin.get("/v1/trial-balance", headers=london)).status_code == 403
         assert (await admin.get("/v1/trial-balance.csv", headers=london)).status_code == 403
-        assert (await admin.get("/v1/transfers/seed", headers=london)).status_code == 200
+        assert (await admin.get("/v1/transfers/manual:seed", headers=london)).status_code == 200
         north_west = bearer_headers(["ledger:read"], subject="nw-finance", regions=["Y62"])
-        assert (await admin.get("/v1/transfers/seed", headers=north_west)).status_code == 403
-        assert (await admin.get("/v1/transfers/nw", headers=north_west)).status_code == 200
+        assert (await admin.get("/v1/transfers/manual:seed", headers=north_west)).status_code == 404  # a record outside the binding
+        assert (await admin.get("/v1/transfers/manual:nw", headers=north_west)).status_code == 200
 
 
 async def test_out_of_range_input_is_a_client_error_not_a_crash(settings) -> None:

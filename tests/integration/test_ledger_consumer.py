@@ -18,6 +18,7 @@ from tests.integration.test_ledger import ledger_http
 from tests.helpers import eventually, publish, read_topic
 
 pytestmark = pytest.mark.integration
+REGIONS = ("Y58", "Y59", "Y60", "Y61", "Y62", "Y63")  # funds the earlier tests of this module leave alone
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def settings(database, kafka_bootstrap) -> LedgerSettings:
 
 
 def message(req: TransferRequested, cid: str) -> tuple[bytes, bytes, dict[str, str]]:
-    env = envelope(req, "ledger.transfer-requested.v1", producer="test", correlation_id=cid)
+    env = envelope(req, "ledger.transfer-requested.v1", producer="payments", correlation_id=cid)
     return req.key.encode(), env.model_dump_json().encode(), {"correlation_id": cid}
 
 
@@ -43,17 +44,17 @@ async def posted_events(bootstrap: str, expect: int) -> list[TransferPosted]:
 
 
 async def test_two_phase_through_kafka_in_order_with_duplicates(settings, kafka_bootstrap) -> None:
-    msgs = [message(TransferRequested(transfer_id="seed", legs=legs(("commissioner:QHM", -10_000), ("held:RTD", 10_000)),
+    msgs = [message(TransferRequested(transfer_id="pay:seed", legs=legs(("commissioner:QHM", -10_000), ("held:RTD", 10_000)),
                                       cause=TransferCause(kind="payment_hold")), "c-seed")]
     for i in range(20):
         key = f"episode-{i}"
-        hold = TransferRequested(transfer_id=f"res-{i}", kind="pending", legs=legs(("held:RTD", -300), ("fund:Y56", 300)),
+        hold = TransferRequested(transfer_id=f"hold:res-{i}", kind="pending", legs=legs(("held:RTD", -300), ("fund:Y56", 300)),
                                  ordering_key=key, cause=TransferCause(kind="diversion", episode_id=key))
         if i % 3 == 0:
-            fin = TransferRequested(transfer_id=f"void-{i}", kind="void_pending", pending_id=hold.transfer_id, ordering_key=key,
+            fin = TransferRequested(transfer_id=f"release:void-{i}", kind="void_pending", pending_id=hold.transfer_id, ordering_key=key,
                                     cause=TransferCause(kind="release"))
         else:
-            fin = TransferRequested(transfer_id=f"post-{i}", kind="post_pending", pending_id=hold.transfer_id, ordering_key=key,
+            fin = TransferRequested(transfer_id=f"release:post-{i}", kind="post_pending", pending_id=hold.transfer_id, ordering_key=key,
                                     legs=legs(("held:RTD", -100), ("fund:Y56", 100)) if i % 3 == 1 else (),
                                     cause=TransferCause(kind="diversion"))
         msgs += [message(hold, f"c-{i}"), message(fin, f"c-{i}")]
@@ -81,16 +82,16 @@ async def test_two_phase_through_kafka_in_order_with_duplicates(settings, kafka_
         verify = (await http.get("/v1/verify")).json()
         assert verify["ok"] and verify["entries_checked"] == 1 + 20 * 2
         # Every entry keeps the correlation id its request carried and the event that delivered it.
-        for transfer_id, cid in (("seed", "c-seed"), ("res-4", "c-4"), ("void-3", "c-3"), ("post-5", "c-5")):
+        for transfer_id, cid in (("pay:seed", "c-seed"), ("hold:res-4", "c-4"), ("release:void-3", "c-3"), ("release:post-5", "c-5")):
             t = (await http.get(f"/v1/transfers/{transfer_id}")).json()
             assert t["correlation_id"] == cid, t
             assert uuid.UUID(t["causation_id"]), t
         await http._transport.app.state.runtime.relay.drain()  # type: ignore[attr-defined]
     events = await posted_events(kafka_bootstrap, expect=len(msgs))
     answers = {(e.transfer_id, e.status) for e in events}
-    assert {(f"res-{i}", "pending") for i in range(20)} <= answers
-    assert {(f"void-{i}", "voided") for i in range(0, 20, 3)} <= answers
-    assert {(f"post-{i}", "posted") for i in range(20) if i % 3} <= answers
+    assert {(f"hold:res-{i}", "pending") for i in range(20)} <= answers
+    assert {(f"release:void-{i}", "voided") for i in range(0, 20, 3)} <= answers
+    assert {(f"release:post-{i}", "posted") for i in range(20) if i % 3} <= answers
     assert not [e for e in events if e.status == "rejected"]
 
 
@@ -98,7 +99,7 @@ async def test_restart_mid_batch_loses_nothing_and_doubles_nothing(settings, kaf
     n = 600
     msgs = []
     for i in range(n):
-        req = TransferRequested(transfer_id=f"r-{i}", legs=legs(("commissioner:QWE", -(i + 1)), (f"fund:Y{60 + i % 7}", i + 1)),
+        req = TransferRequested(transfer_id=f"pay:r-{i}", legs=legs(("commissioner:QWE", -(i + 1)), (f"fund:{REGIONS[i % len(REGIONS)]}", i + 1)),
                                 cause=TransferCause(kind="diversion", payment_id=f"p-{i}"))
         msgs.append(message(req, f"c-{i}"))
         if i % 10 == 0:
@@ -142,14 +143,14 @@ async def test_restart_mid_batch_loses_nothing_and_doubles_nothing(settings, kaf
         await asyncio.sleep(0.5)  # anything doubled would show up now
         assert (await http.get("/v1/accounts/commissioner:QWE/balance")).json()["posted_pence"] == -expected_total
         funds = (await http.get("/v1/accounts", params={"type": "fund"})).json()["items"]
-        assert sum(a["posted_pence"] for a in funds if a["account_id"] >= "fund:Y60") == expected_total
+        assert sum(a["posted_pence"] for a in funds if a["account_id"][5:] in REGIONS) == expected_total
         tb = (await http.get("/v1/trial-balance")).json()
         assert tb["total_pence"] == 0
         verify = (await http.get("/v1/verify")).json()
         assert verify["ok"], verify
     conn = await asyncpg.connect(settings.database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM entries WHERE transfer_id LIKE 'r-%'") == n
-        assert await conn.fetchval("SELECT count(*) FROM rejections WHERE transfer_id LIKE 'r-%'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM entries WHERE transfer_id LIKE 'pay:r-%'") == n
+        assert await conn.fetchval("SELECT count(*) FROM rejections WHERE transfer_id LIKE 'pay:r-%'") == 0
     finally:
         await conn.close()

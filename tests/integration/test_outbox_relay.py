@@ -14,7 +14,7 @@ import uuid
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.ledger.app import create_app
@@ -37,7 +37,7 @@ def settings(database, kafka_bootstrap) -> LedgerSettings:
 
 
 def transfer(tid: str) -> dict:
-    return {"transfer_id": tid, "legs": [{"account_id": "commissioner:QWE", "amount_pence": -500},
+    return {"transfer_id": f"manual:{tid}", "legs": [{"account_id": "commissioner:QWE", "amount_pence": -500},
                                         {"account_id": "provider:RJ1", "amount_pence": 500}],
             "cause": {"kind": "payment"}}
 
@@ -52,7 +52,7 @@ async def unpublished(dsn: str) -> int:
 
 async def answers(bootstrap: str, run: str) -> list[bytes]:
     records = await read_topic(bootstrap, LEDGER_POSTED.name, expect=10_000, timeout_s=3)
-    return [r.key for r in records if r.key.startswith(run.encode())]
+    return [r.key for r in records if r.key.startswith(f"manual:{run}".encode())]
 
 
 async def test_external_relay_publishes_what_the_service_only_enqueues(settings) -> None:
@@ -77,7 +77,7 @@ async def test_external_relay_publishes_what_the_service_only_enqueues(settings)
             stop.set()
             await asyncio.wait_for(relay, timeout=30)
     keys = await answers(settings.kafka_bootstrap_servers, run)
-    assert sorted(keys) == [f"{run}-{i}".encode() for i in range(4)]  # each once: published rows are deleted
+    assert sorted(keys) == [f"manual:{run}-{i}".encode() for i in range(4)]  # each once: published rows are deleted
 
 
 async def test_relay_command_runs_as_its_own_process_and_stops_on_sigterm(settings) -> None:
@@ -94,7 +94,7 @@ async def test_relay_command_runs_as_its_own_process_and_stops_on_sigterm(settin
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(proc.wait, 30)
         assert code == 0
-    assert await answers(settings.kafka_bootstrap_servers, run) == [f"{run}-0".encode()]
+    assert await answers(settings.kafka_bootstrap_servers, run) == [f"manual:{run}-0".encode()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ async def _published_all(relay: OutboxRelay) -> bool:
     return await outbox_count(relay._pool) == 0
 
 
-async def test_oversized_row_fails_the_pass_loudly_and_large_rows_still_publish_in_order(pool, kafka_bootstrap) -> None:
+async def test_oversized_row_is_quarantined_and_large_rows_still_publish_in_order(pool, kafka_bootstrap) -> None:
     settings = LedgerSettings(kafka_bootstrap_servers=kafka_bootstrap)
     await ensure_topics(settings, (LEDGER_POSTED,))
     run = uuid.uuid4().hex[:6]
@@ -216,12 +216,11 @@ async def test_oversized_row_fails_the_pass_loudly_and_large_rows_still_publish_
     await producer.start()
     try:
         relay = OutboxRelay(pool, producer)
-        with pytest.raises(MessageSizeTooLargeError):
-            await relay.publish_once()
-        assert await outbox_count(pool) == 5  # the pass failed as a whole: nothing dropped
-        with pytest.raises(MessageSizeTooLargeError):  # and stays failed, loudly, until someone acts
-            await relay.publish_once()
-        await pool.execute("DELETE FROM outbox WHERE length(payload) > 1024 * 1024")
+        # The row the broker can never take is moved aside with its reason; the rest keep flowing.
+        assert await relay.publish_once() == 4
+        quarantined = await pool.fetch("SELECT key, reason, length(payload) AS n FROM outbox_quarantine")
+        assert [(q["key"], q["n"]) for q in quarantined] == [(key, 2 * 1024 * 1024)]
+        assert quarantined[0]["reason"].startswith("MessageSizeTooLargeError")
         await relay.drain()
     finally:
         await producer.stop()

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.integration
 SCHEMES = Path(__file__).parent.parent / "e2e" / "schemes"
 
 
+ACTIVITY = date.today() - timedelta(days=100)  # its period's decision windows have closed: it can be settled
+
+
 @pytest.fixture
 def settings(database, kafka_bootstrap) -> PaymentsSettings:
     return PaymentsSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
@@ -32,7 +35,7 @@ def settings(database, kafka_bootstrap) -> PaymentsSettings:
 def payment(run: str, n: int = 0, **overrides) -> dict:
     body = {"payment_id": f"pay-{run}-{n}", "episode_id": f"ep-{run}-{n}", "commissioner_code": "QWE",
             "provider_code": "RJ1", "service_type": "maternity",
-            "activity_date": (date.today() - timedelta(days=2)).isoformat(), "amount_pence": 123_457}
+            "activity_date": ACTIVITY.isoformat(), "amount_pence": 123_457}
     return {**body, **overrides}
 
 
@@ -102,7 +105,7 @@ async def test_http_batch_is_one_transaction_with_an_outcome_per_item(settings) 
 
 async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_bootstrap) -> None:
     run = uuid.uuid4().hex[:6]
-    authored = datetime.now(timezone.utc) - timedelta(hours=2)
+    authored = datetime(ACTIVITY.year, ACTIVITY.month, ACTIVITY.day, 12, tzinfo=timezone.utc) + timedelta(days=1)
     fb = FeedbackReceived(submission_id=f"s-{run}", episode_id=f"ep-{run}-0", provider_code="RJ1",
                           patient_pseudonym="a" * 64, instrument="fft", authored_at=authored, fft_answer=5)
     pr = PaymentRequested.model_validate(payment(run))

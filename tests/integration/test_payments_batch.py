@@ -225,7 +225,8 @@ async def test_record_ledger_answers_gives_what_one_by_one_gives(two_stores) -> 
     statuses = ["posted", "pending", "voided", "rejected"]
     initial = [(f"t{i}", rng.choice(["requested", *statuses])) for i in range(12)]
     for conn in (batch_conn, single_conn):
-        await conn.executemany("INSERT INTO ledger_transfers(transfer_id, episode_id, kind, status) VALUES ($1, 'e', 'k', $2)",
+        await conn.executemany("INSERT INTO ledger_transfers(transfer_id, episode_id, kind, status, expected_status)"
+                               " VALUES ($1, 'e', 'k', $2, 'posted')",
                                initial)
     for rnd in range(10):
         answers = [TransferPosted(transfer_id=f"t{rng.randrange(14)}", status=rng.choice(statuses), entry_seq=rng.randrange(100),
@@ -470,7 +471,7 @@ async def test_a_record_that_breaks_the_batch_is_found_retried_and_dead_lettered
 async def test_ledger_answers_batch_applies_in_order_and_dead_letters_the_invalid(runtime, kafka_bootstrap) -> None:
     run = uuid.uuid4().hex[:6]
     async with runtime.pool.acquire() as conn:
-        await conn.executemany("INSERT INTO ledger_transfers(transfer_id, episode_id, kind) VALUES ($1, $2, 'payment_hold')",
+        await conn.executemany("INSERT INTO ledger_transfers(transfer_id, episode_id, kind, expected_status) VALUES ($1, $2, 'payment_hold', 'pending')",
                                [(f"hold:{run}-{i}", f"ep-{run}-{i}") for i in range(3)])
 
     def posted(tid: str, status: str, seq: int | None) -> tuple[bytes, bytes, dict[str, str]]:

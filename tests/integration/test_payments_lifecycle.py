@@ -230,14 +230,14 @@ async def lifecycle(hold_model: str, database: str, second_database: str, kafka_
         assert ooo["diverted_pence"] == 10_000
 
         # Appeals: the provider appeals within the window; an authorised person decides.
-        appeal = {"appealed_by": "finance.lead@rj1.nhs.uk", "reason": "the patient was treated by another trust"}
+        appeal = {"reason": "the patient was treated by another trust"}
         r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal, headers=PROVIDER)
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "open" and r.json()["diverted_pence"] == 10_000
         assert (await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json=appeal, headers=PROVIDER)).status_code == 200  # retry
         r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal", json={**appeal, "reason": "another reason"}, headers=PROVIDER)
         assert r.status_code == 409 and "already has an appeal" in r.json()["detail"]
-        decision = {"outcome": "upheld", "decided_by": "appeals.panel@icb.nhs.uk", "reason": "episode miscoded"}
+        decision = {"outcome": "upheld", "reason": "episode miscoded"}
         r = await pay.post(f"/v1/episodes/ep-{run}-upd/appeal/decision", json=decision, headers=PANEL)
         assert r.status_code == 200, r.text
         upheld = r.json()
@@ -250,7 +250,7 @@ async def lifecycle(hold_model: str, database: str, second_database: str, kafka_
 
         assert (await pay.post(f"/v1/episodes/ep-{run}-rej/appeal", json=appeal, headers=PROVIDER)).status_code == 201
         r = await pay.post(f"/v1/episodes/ep-{run}-rej/appeal/decision",
-                           json={"outcome": "rejected", "decided_by": "appeals.panel@icb.nhs.uk", "reason": "answer stands"},
+                           json={"outcome": "rejected", "reason": "answer stands"},
                            headers=PANEL)
         assert r.status_code == 200 and r.json()["status"] == "rejected" and r.json()["transfer_id"] is None
 

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from services.payments import store
 from services.payments.app import create_app
 from services.payments.settings import PaymentsSettings
+from shared.auth import bearer_headers
 from shared.contracts import FeedbackReceived
 from tests.conftest import running
 
@@ -32,7 +33,7 @@ def snapshot() -> dict[str, float]:
              for m in ("billed", "held", "released", "diverted", "appealed_back")}
     return {
         **money,
-        "runs": sample("payments_settlement_runs_total", trigger="admin-api"),
+        "runs": sample("payments_settlement_runs_total", trigger="api"),
         "units": sample("settlement_duration_seconds_count"),
         "other_region": sample("payments_diverted_pence_total", region_code="Y63"),
     }
@@ -42,7 +43,7 @@ async def test_money_counters_count_each_committed_fact_once(database, kafka_boo
     settings = PaymentsSettings(database_url=database, kafka_bootstrap_servers=kafka_bootstrap,
                                 consumer_group=f"payments-{uuid.uuid4().hex[:8]}", schemes_dir=SCHEMES)
     run = uuid.uuid4().hex[:6]
-    activity = date.today() - timedelta(days=2)
+    activity = date.today() - timedelta(days=100)  # its period's decision windows have closed
     body = {"payment_id": f"pay-{run}", "episode_id": f"ep-{run}", "commissioner_code": "QWE",
             "provider_code": "RJ1", "service_type": "maternity", "activity_date": activity.isoformat(),
             "amount_pence": 123_457}
@@ -56,18 +57,20 @@ async def test_money_counters_count_each_committed_fact_once(database, kafka_boo
         try:
             await store.record_answer(conn, FeedbackReceived(
                 submission_id=f"s-{run}", episode_id=f"ep-{run}", provider_code="RJ1", patient_pseudonym="a" * 64,
-                instrument="fft", authored_at=datetime.now(timezone.utc) - timedelta(hours=1), fft_answer=5))
+                instrument="fft", fft_answer=5,
+                authored_at=datetime(activity.year, activity.month, activity.day, tzinfo=timezone.utc) + timedelta(days=3)))
         finally:
             await conn.close()
         period = activity.strftime("%Y-%m")
         reports = (await http.post("/v1/settlements/run", json={"period": period})).json()
         assert [r["diverted_pence"] for r in reports] == [12_345]
         assert (await http.post("/v1/settlements/run", json={"period": period})).json() == []  # nothing new
-        appeal = {"appealed_by": "finance.lead@rj1.nhs.uk", "reason": "miscoded episode"}
+        appeal = {"reason": "miscoded episode"}
         assert (await http.post(f"/v1/episodes/ep-{run}/appeal", json=appeal)).status_code == 201
-        decision = {"outcome": "upheld", "decided_by": "panel@icb.nhs.uk", "reason": "agreed"}
+        decision = {"outcome": "upheld", "reason": "agreed"}
+        panel = bearer_headers(["appeals:decide"], subject="appeals.panel")  # never the appellant
         for _ in range(2):  # deciding again the same way changes nothing
-            r = await http.post(f"/v1/episodes/ep-{run}/appeal/decision", json=decision)
+            r = await http.post(f"/v1/episodes/ep-{run}/appeal/decision", json=decision, headers=panel)
             assert r.status_code == 200 and r.json()["status"] == "upheld", r.text
         text = (await http.get("/metrics")).text
         assert f'payments_diverted_pence_total{{region_code="{REGION}"}}' in text

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 REF = load_reference(None)
 ACTIVITY = date.today() - timedelta(days=2)
 PERIOD = domain.period_of(ACTIVITY)
+SETTLE_ON = ACTIVITY + timedelta(days=120)  # every decision window of PERIOD has closed by then
 START = date(2020, 1, 1)
 BOOK = SchemeBook([
     Scheme(scheme_id="open", version=1, title="No safeguards", effective_from=START, min_responses_per_period=0,
@@ -108,7 +109,7 @@ async def expected_by_contract(conn: asyncpg.Connection, correlation_id: str) ->
 async def check_run(conn: asyncpg.Connection, pool: asyncpg.Pool, correlation_id: str) -> list[dict]:
     await conn.execute("DELETE FROM outbox")
     want = await expected_by_contract(conn, correlation_id)
-    reports = await store.run_settlement(pool, BOOK, period=PERIOD, provider_code=None, run_by="test",
+    reports = await store.run_settlement(pool, BOOK, period=PERIOD, provider_code=None, run_by="test", today=SETTLE_ON,
                                          correlation_id=correlation_id)
     assert reports == [summary for summary, _, _ in want]
     for _, decisions, _ in want:
@@ -151,7 +152,7 @@ async def test_settlement_writes_what_the_contract_path_writes(database: str, st
         await load(conn, *month(rng, "b", 9))
         late = await check_run(conn, pool, "settle-2")
         assert late and all(r["settlement_id"].endswith(":late-1") and r["diverted_pence"] == 0 for r in late)
-        assert await store.run_settlement(pool, BOOK, period=PERIOD, provider_code=None, run_by="test",
+        assert await store.run_settlement(pool, BOOK, period=PERIOD, provider_code=None, run_by="test", today=SETTLE_ON,
                                           correlation_id="settle-3") == []
     finally:
         await pool.close()

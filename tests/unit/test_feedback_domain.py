@@ -384,3 +384,46 @@ def test_free_text_control_characters_rejected(text: str) -> None:
 
 def test_free_text_keeps_newlines_and_tabs() -> None:
     assert Submission.model_validate(submission(free_text="line 1\n\tline 2\r\n")).free_text == "line 1\n\tline 2\r\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# NHS numbers in free text, admission (trust boundary)
+# ---------------------------------------------------------------------------------------------
+def test_nhs_numbers_in_free_text_are_removed_before_anything_sees_them() -> None:
+    from services.feedback.domain import NHS_NUMBER_REMOVED, Submission, redact_nhs_numbers
+
+    for written in ("943 476 5919", "9434765919", "943-476-5919", "943 4765 919"):
+        text, n = redact_nhs_numbers(f"my nhs number is {written}, thanks")
+        assert (text, n) == (f"my nhs number is {NHS_NUMBER_REMOVED}, thanks", 1), written
+    # Not NHS numbers: a bad check digit, a phone number, a longer run.
+    for kept in ("943 476 5918", "07700 900123", "94347659190", "call 0800 123 4567"):
+        assert redact_nhs_numbers(kept) == (kept, 0), kept
+    sub = Submission.model_validate({
+        "submission_id": "s", "episode_id": "e", "provider_code": "RJ1", "nhs_number": "943 476 5919",
+        "authored_at": "2026-11-01T10:00:00Z", "answers": {"instrument": "fft", "fft_answer": 2},
+        "free_text": "9434765919 and 943 476 5919"})
+    assert sub.free_text == f"{NHS_NUMBER_REMOVED} and {NHS_NUMBER_REMOVED}" and sub.free_text_redactions == 2
+    assert sub.nhs_number == "9434765919"  # the field itself is validated, then pseudonymised by the store
+
+
+def test_admission_refuses_unknown_providers_and_implausible_times() -> None:
+    from datetime import datetime, timezone
+
+    from services.feedback.domain import Submission, admission_refusal, authored_window
+    from shared.reference import load_reference
+
+    ref = load_reference()
+    now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+    window = authored_window(now, 730)
+
+    def sub(**kw: object) -> Submission:
+        body = {"submission_id": "s", "episode_id": "e", "provider_code": "RJ1", "nhs_number": "9434765919",
+                "authored_at": "2026-11-01T10:00:00Z", "answers": {"instrument": "fft", "fft_answer": 2}, **kw}
+        return Submission.model_validate(body)
+
+    assert admission_refusal(sub(), ref, window) is None
+    assert admission_refusal(sub(provider_code="RJ121"), ref, window) is None  # a listed site
+    assert admission_refusal(sub(provider_code="ZZZ"), ref, window)[0] == "provider_code"  # type: ignore[index]
+    assert admission_refusal(sub(provider_code="RJ1ZZ"), ref, window)[0] == "provider_code"  # type: ignore[index]
+    assert admission_refusal(sub(authored_at="9999-12-31T23:59:59+00:00"), ref, window)[0] == "authored_at"  # type: ignore[index]
+    assert admission_refusal(sub(authored_at="0001-01-01T00:00:00+00:00"), ref, window)[0] == "authored_at"  # type: ignore[index]

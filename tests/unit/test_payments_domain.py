@@ -535,3 +535,46 @@ def test_more_favourable_answers_never_divert_more(case: tuple[Scheme, list[Epis
         for a in answers
     ]
     assert settle(eps, happy, s, provider_code="RJ1", period="2026-05").diverted_pence == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust boundary: contracts, plausible dates, settlement only once the month is over
+# ---------------------------------------------------------------------------------------------
+def test_a_commissioner_pays_only_trusts_it_holds_a_contract_with() -> None:
+    from services.payments.domain import InputError, validate_codes
+    from shared.contracts import PaymentRequested
+    from shared.reference import load_reference
+
+    ref = load_reference()
+
+    def req(icb: str, ods: str) -> PaymentRequested:
+        return PaymentRequested(payment_id="p", episode_id="e", commissioner_code=icb, provider_code=ods,
+                                service_type="inpatient", activity_date=date(2026, 10, 1), amount_pence=100)
+
+    assert validate_codes(req("QWE", "RJ1"), ref) == "Y56"
+    with pytest.raises(InputError, match="QWE holds no contract with RTD") as caught:
+        validate_codes(req("QWE", "RTD"), ref)
+    assert caught.value.field == "provider_code"
+    with pytest.raises(InputError, match="is a site; payments name its trust"):
+        validate_codes(req("QWE", "RJ121"), ref)
+
+
+def test_activity_dates_must_be_plausible() -> None:
+    from services.payments.domain import InputError, activity_window, check_activity_date
+
+    window = activity_window(date(2026, 12, 2), 730)
+    check_activity_date(date(2026, 12, 3), window)  # tomorrow: English summer time runs ahead of UTC
+    for bad in (date(9999, 12, 31), date(2026, 12, 4), date(2024, 1, 1), date(1, 1, 1)):
+        with pytest.raises(InputError) as caught:
+            check_activity_date(bad, window)
+        assert caught.value.field == "activity_date"
+
+
+def test_a_period_settles_only_once_every_decision_window_has_closed() -> None:
+    from services.payments.domain import latest_settleable_period, settlement_opens_on
+
+    assert settlement_opens_on("2026-10", [56]) == date(2026, 12, 27)  # 31 Oct + 56 days + 1
+    assert settlement_opens_on("2026-12", [56, 30]) == date(2027, 2, 26)
+    assert settlement_opens_on("2024-02", [0]) == date(2024, 3, 1)  # leap year
+    assert latest_settleable_period(date(2026, 12, 2), 56) == "2026-09"
+    assert latest_settleable_period(date(2026, 12, 27), 56) == "2026-10"

@@ -64,7 +64,7 @@ def test_every_region_fund_is_a_valid_ledger_account(ref: ReferenceData) -> None
 
 
 def test_load_from_a_folder(tmp_path: Path) -> None:
-    for name in ("regions.csv", "providers.csv", "commissioners.csv"):
+    for name in ("regions.csv", "providers.csv", "commissioners.csv", "contracts.csv"):
         shutil.copy(SHIPPED / name, tmp_path / name)
     with (tmp_path / "providers.csv").open("a", encoding="utf-8") as f:
         f.write("RXX,Test Trust,Y58\n")
@@ -92,7 +92,15 @@ def test_unknown_commissioner_region_is_rejected(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     (tmp_path / "regions.csv").write_text("region_code,name\nY56,London\n", encoding="utf-8")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="providers.csv is missing"):
+        load_reference(tmp_path)
+
+
+def test_a_deployment_folder_without_contracts_does_not_load(tmp_path: Path) -> None:
+    """Fail closed: without contracts no payment could be checked, so the service must not start."""
+    for name in ("regions.csv", "providers.csv", "commissioners.csv"):
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    with pytest.raises(ValueError, match="contracts.csv is missing"):
         load_reference(tmp_path)
 
 
@@ -100,5 +108,31 @@ def test_empty_files_give_empty_reference(tmp_path: Path) -> None:
     (tmp_path / "regions.csv").write_text("region_code,name\n", encoding="utf-8")
     (tmp_path / "providers.csv").write_text("ods_code,name,region_code\n", encoding="utf-8")
     (tmp_path / "commissioners.csv").write_text("icb_code,name,region_code\n", encoding="utf-8")
+    (tmp_path / "contracts.csv").write_text("icb_code,ods_code\n", encoding="utf-8")
     ref = load_reference(tmp_path)
-    assert (ref.regions, ref.providers, ref.commissioners) == ({}, {}, {})
+    assert (ref.regions, ref.providers, ref.commissioners, ref.contracts, ref.sites) == ({}, {}, {}, {}, {})
+
+
+def test_contracts_say_who_pays_whom(ref: ReferenceData) -> None:
+    assert ref.commissions("QWE", "RJ1")
+    assert not ref.commissions("QWE", "RTD")  # a London ICB has no contract with Newcastle
+    assert ref.commissions("QHM", "RJ1")  # an out-of-area specialist contract
+    assert ref.commissions("QWE", "RJ121")  # a site counts as its trust
+    assert not ref.commissions("QZZ", "RJ1")
+    for icb, trusts in ref.contracts.items():
+        assert icb in ref.commissioners and trusts <= set(ref.providers)
+
+
+def test_sites_belong_to_their_trust(ref: ReferenceData) -> None:
+    assert ref.trust_of("RJ121") == "RJ1"
+    assert ref.region_of_provider("RJ121") == "Y56"
+    assert ref.trust_of("RJ1") == "RJ1"
+    assert ref.trust_of("RJ1ZZ") is None  # a site code nobody listed is unknown, not guessed from its prefix
+
+
+def test_contracts_naming_unknown_organisations_are_refused(tmp_path: Path) -> None:
+    for name in ("regions.csv", "providers.csv", "commissioners.csv"):
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    (tmp_path / "contracts.csv").write_text("icb_code,ods_code\nQWE,ZZZ\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="ZZZ is not in providers.csv"):
+        load_reference(tmp_path)
