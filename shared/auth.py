@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,14 @@ SCOPES = {
     "ledger:read": "read balances, statements, episodes and settlement figures",
     "ledger:admin": "post manual ledger transfers and declare accounts",
     "ledger:audit": "verify the hash chain and see its head (national auditors)",
+    "ledger:close": "close an accounting period and sign its statement (national finance)",
+    "ledger:reconcile": "import a commissioner's remittance file and reconcile it against the ledger (commissioners' finance)",
     "metrics:read": "scrape /metrics (Prometheus)",
+    # Improvement funds (services/funds): maker-checker, so proposing and approving are apart.
+    "funds:propose": "propose an improvement grant from a region's fund (fund managers)",
+    "funds:approve": "approve or refuse a proposed grant (never one's own proposal)",
+    "funds:manage": "record a grant's milestone met (pays it; never the proposer) and cancel grants",
+    "funds:read": "read grants, their measures and the funds' reports",
 }
 OPEN_PATHS = ("/health", "/health/live", "/health/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
 DEV_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # public: development only
@@ -295,6 +303,10 @@ def _message(exc: jwt.PyJWTError) -> str:
     return "the token is malformed"
 
 
+VERIFIED_CACHE_MAX = 10_000  # tokens whose verification is remembered (clients reuse a token per request)
+VERIFIED_CACHE_S = 60.0  # ... for at most this long, so a retired key stops being honoured within a minute
+
+
 @dataclass
 class AuthConfig:
     hs256_secret: str | None = None
@@ -304,6 +316,7 @@ class AuthConfig:
     max_lifetime_s: int = 3600
     leeway_s: int = 30
     reference: ReferenceData | None = None
+    _verified: OrderedDict[str, tuple[Principal, float]] = field(default_factory=OrderedDict, repr=False)
 
     def _key_for(self, header: Mapping[str, Any]) -> tuple[Any, tuple[str, ...]] | None:
         alg = header.get("alg")
@@ -324,7 +337,19 @@ class AuthConfig:
         return found.key, found.algorithms
 
     async def verify(self, token: str) -> Principal:
-        """The principal a bearer token proves, or a 401 Problem saying why not."""
+        """The principal a bearer token proves, or a 401 Problem saying why not. A token verified
+        in the last ``VERIFIED_CACHE_S`` (and not expired since) is not verified again."""
+        now = time.time()
+        hit = self._verified.get(token)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        principal, exp = await self._verify(token)
+        self._verified[token] = (principal, min(exp, now + VERIFIED_CACHE_S))
+        while len(self._verified) > VERIFIED_CACHE_MAX:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         if len(token) > MAX_TOKEN_BYTES or not token.isascii() or token.count(".") != 2:
             raise unauthorized("the token is malformed or too large")
         try:
@@ -353,7 +378,7 @@ class AuthConfig:
             raise unauthorized("the token's exp and iat claims must be numbers")
         if exp - now > self.max_lifetime_s + self.leeway_s or exp - iat > self.max_lifetime_s + self.leeway_s:
             raise unauthorized(f"the token lives longer than this service accepts ({self.max_lifetime_s} s)")
-        return principal_from_claims(claims, self.reference)
+        return principal_from_claims(claims, self.reference), float(exp)
 
 
 def config_from_settings(settings: Any, reference: ReferenceData | None) -> AuthConfig:

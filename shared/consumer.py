@@ -22,6 +22,9 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from shared.http import clean_message
+from shared.retry import pause
+
 log = logging.getLogger(__name__)
 
 # A record a batch consumer will dead-letter once its batch commits:
@@ -53,22 +56,38 @@ def validation_reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{loc}: {clean_message(str(err['msg']))}")
     return "; ".join(parts)
 
 
+# A dead letter's own headers. A record dead-lettered again after a replay keeps the trace of the
+# replay (``dlq_replayed_from``, written by shared/dlq.py); the rest are this dead letter's.
+_KEPT_DLQ_HEADERS = ("dlq_replayed_from",)
+
+
+def _dlq_fields(raw: Any, reason: str, kind: str) -> dict[str, str]:
+    return {
+        "dlq_reason": reason[:2000],
+        "dlq_kind": kind,
+        "dlq_source_topic": raw.topic,
+        "dlq_source_partition": str(raw.partition),
+        "dlq_source_offset": str(raw.offset),
+        "dlq_source_timestamp": str(raw.timestamp),
+    }
+
+
 def dead_letter_headers(raw: Any, reason: str, kind: str) -> dict[str, str]:
-    headers = {k: v for k, v in (raw_headers(raw)).items() if not k.startswith("dlq_")}
-    headers.update(
-        {
-            "dlq_reason": reason[:2000],
-            "dlq_kind": kind,
-            "dlq_source_topic": raw.topic,
-            "dlq_source_partition": str(raw.partition),
-            "dlq_source_offset": str(raw.offset),
-        }
-    )
+    """The headers of a dead letter as text (for a writer that rewrites them, e.g. redacting)."""
+    headers = {k: v for k, v in (raw_headers(raw)).items() if not k.startswith("dlq_") or k in _KEPT_DLQ_HEADERS}
+    headers.update(_dlq_fields(raw, reason, kind))
     return headers
+
+
+def dead_letter_record_headers(raw: Any, reason: str, kind: str) -> list[tuple[str, bytes | None]]:
+    """The headers of a dead letter as Kafka sends them: the original record's exactly (bytes as
+    they came, in order, repeats and empty values included), then the dlq_* fields."""
+    kept = [(k, v) for k, v in (raw.headers or ()) if not k.startswith("dlq_") or k in _KEPT_DLQ_HEADERS]
+    return kept + [(k, v.encode()) for k, v in _dlq_fields(raw, reason, kind).items()]
 
 
 def raw_headers(raw: Any) -> dict[str, str]:
@@ -100,5 +119,6 @@ class AttemptTracker:
         self._attempts.pop((raw.topic, raw.partition, raw.offset), None)
 
 
-async def backoff(attempt: int, *, base_s: float = 0.05, max_s: float = 5.0) -> None:
-    await asyncio.sleep(min(max_s, base_s * 2 ** min(attempt, 20)))
+async def backoff(attempt: int) -> None:
+    """Wait before a record that failed ``attempt`` times comes again (the one retry policy)."""
+    await pause(attempt)

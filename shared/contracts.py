@@ -11,13 +11,17 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timezone
 from enum import IntEnum
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StringConstraints, model_serializer,
+    model_validator,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Identifiers and codes
 # ---------------------------------------------------------------------------------------------
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,99}$"
 ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 ]
@@ -74,6 +78,9 @@ class FftAnswer(IntEnum):
 
 PatientChoice = Literal["pay_in_full", "hold_back", "not_sure"]
 
+AgeBand = Literal["0-17", "18-44", "45-64", "65-74", "75+"]
+"""Age bands for case-mix adjustment: broad enough never to identify anyone."""
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -112,6 +119,27 @@ class PaymentRequested(Contract):
     service_type: ServiceType
     activity_date: date
     amount_pence: int = Field(gt=0, le=10_000_000_000, strict=True)  # up to £100m per episode
+    # Optional case-mix fields (added later; absent in earlier events), never identifying: the
+    # patient's age band and the Index of Multiple Deprivation decile of where they live (1 most
+    # deprived, 10 least), which a commissioner's system derives from the postcode and sends
+    # instead of it. Schemes with ``[casemix]`` judge against the benchmark for these strata.
+    # A request without them stores nothing for them: its fingerprint is as before.
+    age_band: AgeBand | None = Field(default=None, description="The patient's age band at the activity date")
+    imd_decile: int | None = Field(default=None, ge=1, le=10, strict=True,
+                                   description="IMD decile of the patient's area (1 = most deprived 10%, 10 = least)")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_casemix(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent, not null, when not sent: a request from before these fields existed serialises
+        # (and so fingerprints, and replays as a duplicate) byte for byte as it did.
+        out = handler(self)
+        for name in _CASEMIX_FIELDS:
+            if out.get(name, 0) is None:
+                del out[name]
+        return out
+
+
+_CASEMIX_FIELDS = ("age_band", "imd_decile")
 
 
 class FeedbackReceived(Contract):
@@ -126,6 +154,12 @@ class FeedbackReceived(Contract):
     fft_answer: FftAnswer | None = None
     patient_choice: PatientChoice | None = None
     amends_submission_id: ExternalId | None = None
+    # Optional (added later; absent in earlier events): what improvement work is measured by.
+    setting: ServiceType | None = None
+    procedure: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,40}$")
+    timing: Literal["pre_op", "post_op", "other"] | None = None
+    prom_score: int | None = Field(default=None, ge=0, le=100, description="Oxford total (0-48) or EQ VAS (0-100)")
+    health_gain: int | None = Field(default=None, ge=-100, le=100, description="post - pre, when this answer completes a pair")
 
     @model_validator(mode="after")
     def _answer_present(self) -> "FeedbackReceived":
@@ -153,7 +187,7 @@ class TransferCause(Contract):
     cause is hashed into the append-only journal and kept forever."""
 
     kind: Literal["payment", "payment_hold", "settlement", "diversion", "release", "appeal_upheld", "reversal", "expiry",
-                  "manual"]
+                  "manual", "grant_reserve", "grant_payment", "grant_release"]
     payment_id: ExternalId | None = None
     episode_id: ExternalId | None = None
     provider_code: OdsCode | None = None
@@ -162,6 +196,7 @@ class TransferCause(Contract):
     scheme_version: int | None = Field(default=None, ge=1, le=1_000_000)
     settlement_id: ReferenceText | None = None
     appeal_id: ReferenceText | None = None
+    grant_id: ReferenceText | None = None
     note: FreeText | None = Field(default=None, max_length=500)
 
 
@@ -195,6 +230,11 @@ class TransferRequested(Contract):
     reverses: TransferId | None = None
     ordering_key: ExternalId | None = None
     cause: TransferCause
+    # The accounting date (UK, Europe/London) the entry belongs to, when not the day it is posted:
+    # a finance team dating an adjustment into a month still open. Never in the future, and
+    # refused once its month is closed (the ledger's period close); left out of the canonical
+    # request when absent, so entries written before the field existed hash the same.
+    value_date: date | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> "TransferRequested":
@@ -210,6 +250,8 @@ class TransferRequested(Contract):
             raise ValueError("timeout_s is only for pending transfers")
         if self.reverses is not None and self.kind != "posted":
             raise ValueError("only a posted transfer can reverse another")
+        if self.value_date is not None and not date(2000, 1, 1) <= self.value_date <= date(2099, 12, 31):
+            raise ValueError("value_date must be in 2000-2099")
         if self.legs:
             if sum(leg.amount_pence for leg in self.legs) != 0:
                 raise ValueError("legs must sum to zero (debits equal credits)")
@@ -265,3 +307,151 @@ def envelope(
 def parse_envelope(raw: bytes, payload: type[T]) -> Envelope[T]:
     """Parse and validate an event; raises pydantic.ValidationError with a readable reason."""
     return Envelope[payload].model_validate_json(raw)  # type: ignore[valid-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Improvement funds (services/funds): the grant lifecycle on ``funds.grants.v1``, keyed by
+# grant id. Like every payload here they carry no free text: titles, aims and reasons typed by
+# people stay in the funds database (and its API); the events carry ids, codes, amounts, dates
+# and the actor (the token's subject).
+# ---------------------------------------------------------------------------------------------
+GrantId = Annotated[str, StringConstraints(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+"""A grant's id, chosen by the proposer: the proposal's idempotency key. No ``:``, so the ledger
+transfer ids built from it (``grant:<grant_id>:m<n>``, ``...:pay``, ``...:void``) parse back
+unambiguously; at most 60 characters, so they fit ``TransferId``."""
+
+ActorId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@|+\-]{0,199}$")]
+"""Who acted: a bearer token's ``sub`` (shared/auth.py SUBJECT_RE)."""
+
+MAX_GRANT_MILESTONES = 12
+MAX_GRANT_PENCE = 10_000_000_000  # £100m: far above any regional fund's year
+GrantStatus = Literal["proposed", "withdrawn", "refused", "reserving", "reserved", "completed", "cancelled"]
+MeasureKind = Literal["fft_positive", "fft_negative", "prom_health_gain", "prom_post_op_score"]
+PromInstrument = Literal["eq5d5l", "ohs", "oks"]
+FFT_MEASURES: tuple[str, ...] = ("fft_positive", "fft_negative")
+PROM_MEASURES: tuple[str, ...] = ("prom_health_gain", "prom_post_op_score")
+
+
+class GrantMeasure(Contract):
+    """What a project is judged by: an FFT share (for one care setting, or all) or a PROM (one
+    instrument and procedure), per ISO week or calendar month, with its baseline period."""
+
+    kind: MeasureKind
+    interval: Literal["week", "month"]
+    setting: ServiceType | None = None
+    instrument: PromInstrument | None = None
+    procedure: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,40}$")
+    baseline_from: date
+    baseline_to: date
+
+    @model_validator(mode="after")
+    def _shape(self) -> "GrantMeasure":
+        if self.kind in FFT_MEASURES and (self.instrument is not None or self.procedure is not None):
+            raise ValueError("an FFT measure takes a setting (or none for all settings), not an instrument or procedure")
+        if self.kind in PROM_MEASURES and (self.instrument is None or self.procedure is None or self.setting is not None):
+            raise ValueError("a PROM measure needs instrument and procedure, and takes no setting")
+        if self.baseline_to < self.baseline_from:
+            raise ValueError("baseline_to must not be before baseline_from")
+        return self
+
+
+class GrantMilestoneTerms(Contract):
+    n: int = Field(ge=1, le=MAX_GRANT_MILESTONES)
+    provider_code: OdsCode
+    amount_pence: int = Field(gt=0, le=MAX_GRANT_PENCE, strict=True)
+    due_date: date
+
+
+class GrantProposed(Contract):
+    """A fund manager proposed a grant from ``fund:<region_code>`` (nothing is reserved yet)."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    amount_pence: int = Field(gt=0, le=MAX_GRANT_PENCE, strict=True)
+    start_date: date
+    end_date: date
+    measure: GrantMeasure
+    milestones: tuple[GrantMilestoneTerms, ...] = Field(min_length=1, max_length=MAX_GRANT_MILESTONES)
+    proposed_by: ActorId
+    proposed_at: datetime
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> "GrantProposed":
+        if [m.n for m in self.milestones] != list(range(1, len(self.milestones) + 1)):
+            raise ValueError("milestones are numbered 1..N in order")
+        if sum(m.amount_pence for m in self.milestones) != self.amount_pence:
+            raise ValueError("the milestones' amounts must add up to amount_pence exactly")
+        return self
+
+
+class GrantDecided(Contract):
+    """A second authorised person approved (reservation requested) or refused the proposal."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    outcome: Literal["approved", "refused"]
+    decided_by: ActorId
+    decided_at: datetime
+    grant_status: GrantStatus
+
+
+class GrantReserved(Contract):
+    """The ledger's verdict on an approved grant: every milestone reserved from the fund, or
+    refused (the fund could not cover it: its floor decided; anything reserved is released)."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    outcome: Literal["reserved", "refused"]
+    reserved_pence: int = Field(ge=0, le=MAX_GRANT_PENCE, strict=True)
+    reason: FreeText | None = Field(default=None, max_length=2000)  # the ledger's, for a refusal
+    grant_status: GrantStatus
+
+
+class MilestonePaid(Contract):
+    """A milestone met: its reservation posted in full, fund -> provider."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    n: int = Field(ge=1, le=MAX_GRANT_MILESTONES)
+    provider_code: OdsCode
+    amount_pence: int = Field(gt=0, le=MAX_GRANT_PENCE, strict=True)
+    transfer_id: TransferId
+    met_by: ActorId
+    entry_seq: int | None = None
+    grant_status: GrantStatus
+
+
+class MilestoneReleased(Contract):
+    """A milestone's reservation went back to the fund: the grant was cancelled, refused (another
+    milestone could not be reserved) or the hold lapsed (not met by its due date plus grace)."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    n: int = Field(ge=1, le=MAX_GRANT_MILESTONES)
+    provider_code: OdsCode
+    amount_pence: int = Field(gt=0, le=MAX_GRANT_PENCE, strict=True)
+    why: Literal["cancelled", "refused", "lapsed"]
+    transfer_id: TransferId
+    grant_status: GrantStatus
+
+
+class GrantCancelled(Contract):
+    """A grant withdrawn before its decision, or cancelled after: ``releasing_pence`` (the unpaid
+    rest still reserved) goes back to the fund."""
+
+    grant_id: GrantId
+    region_code: RegionCode
+    cancelled_by: ActorId
+    cancelled_at: datetime
+    releasing_pence: int = Field(ge=0, le=MAX_GRANT_PENCE, strict=True)
+    grant_status: GrantStatus
+
+
+FUNDS_EVENT_TYPES: dict[str, type[Contract]] = {
+    "funds.grant-proposed.v1": GrantProposed,
+    "funds.grant-decided.v1": GrantDecided,
+    "funds.grant-reserved.v1": GrantReserved,
+    "funds.milestone-paid.v1": MilestonePaid,
+    "funds.milestone-released.v1": MilestoneReleased,
+    "funds.grant-cancelled.v1": GrantCancelled,
+}

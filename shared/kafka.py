@@ -6,7 +6,6 @@ embedded Tansu broker, on Apache Kafka in docker-compose and in production.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from shared.retry import STARTUP, retry
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, TopicSpec
 
@@ -41,31 +41,25 @@ async def ensure_topics(
     settings: ServiceSettings, specs: tuple[TopicSpec, ...] = ALL_TOPICS, *, attempts: int = 30
 ) -> None:
     """Create the topics if missing, with explicit partition counts. Retries while the broker starts."""
-    delay_s = 0.1
-    for attempt in range(1, attempts + 1):
+
+    async def create() -> None:
         admin = AIOKafkaAdminClient(**client_options(settings))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [
-                NewTopic(s.name, s.partitions, settings.kafka_replication_factor)
-                for s in specs
-                if s.name not in existing
-            ]
+            missing = [NewTopic(s.name, s.partitions, settings.kafka_replication_factor) for s in specs if s.name not in existing]
             if missing:
                 try:
                     await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
                     pass  # another service created it first: same spec, success
-            return
-        except (KafkaError, OSError) as exc:
-            if attempt == attempts:
-                raise
-            log.warning("broker not ready (%s), retry %d/%d", exc, attempt, attempts)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 2.0)
         finally:
             await admin.close()
+
+    def waiting(state: Any) -> None:
+        log.warning("broker not ready (%s), retry %d/%d", type(state.outcome.exception()).__name__, state.attempt_number, attempts)
+
+    await retry(create, on=(KafkaError, OSError), attempts=attempts, policy=STARTUP, before_sleep=waiting)
 
 
 def make_producer(settings: ServiceSettings, *, client_id: str) -> AIOKafkaProducer:

@@ -38,7 +38,13 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # FastStream logs every message at INFO; that is per-event noise at our volumes.
-    logging.getLogger("faststream").setLevel(logging.WARNING)
+    # FastStream's own logger comes with a coloured plain-text handler: clear it so whatever it logs
+    # goes through the one JSON handler (import it first, so its set-up has run and is undone).
+    import faststream  # noqa: F401
+
+    fs = logging.getLogger("faststream")
+    fs.handlers[:] = []
+    fs.propagate = True
+    fs.setLevel(logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -21,8 +21,8 @@ from aiokafka.errors import CorruptRecordException, InvalidTopicError, MessageSi
 from aiokafka.producer.message_accumulator import BatchBuilder
 from prometheus_client import Counter, Gauge
 
-from shared.contracts import Envelope
 from shared.partitioning import partition_for_key
+from shared.retry import pause
 
 if TYPE_CHECKING:
     from shared.settings import ServiceSettings
@@ -57,33 +57,32 @@ _SEND_ALONE_BYTES = 64 * 1024
 # every pass slower. For this transaction only.
 _INDEX_ORDER_ONLY = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off"
 _INSERT = "INSERT INTO outbox(topic, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
-_INSERT_MANY = (
-    "INSERT INTO outbox(topic, key, payload, headers)"
-    " SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) WITH ORDINALITY AS r(t, k, p, h, n)"
-    " ORDER BY n"
-)
 
 
-def event_headers(env: Envelope) -> dict[str, str]:
+def event_headers(env: Any) -> dict[str, str]:
+    """Transitional: the headers ``shared.events.row`` writes (removed with ``outbox_row``)."""
     headers = {"event_type": env.type, "event_id": str(env.event_id), "correlation_id": env.correlation_id}
     if env.causation_id:
         headers["causation_id"] = env.causation_id
     return headers
 
 
-def outbox_row(topic: str, key: str, env: Envelope) -> tuple[str, bytes, bytes, str]:
-    return (topic, key.encode(), env.model_dump_json().encode(), json.dumps(event_headers(env)))
+def outbox_row(topic: str, key: str, env: Any) -> tuple[str, bytes, bytes, str]:
+    """Transitional: ``shared.events.envelope_row`` (removed once every service uses it)."""
+    from shared.events import envelope_row
+
+    return envelope_row(topic, key, env)
 
 
 async def enqueue(conn: asyncpg.Connection, rows: Iterable[tuple[str, bytes, bytes, str]]) -> None:
-    """Add events to the outbox in the caller's transaction, in the given order (ids follow it,
-    and the relay publishes in id order: a hold is published before its release)."""
-    batch = list(rows)
-    if len(batch) == 1:
-        await conn.execute(_INSERT, *batch[0])
-    elif batch:  # one statement for the lot, not one round trip per row
-        await conn.execute(_INSERT_MANY, [r[0] for r in batch], [r[1] for r in batch], [r[2] for r in batch],
-                           [r[3] for r in batch])
+    """The one outbox writer: add rows (``shared.events``) in the caller's transaction, in the
+    given order (ids follow it, and the relay publishes in id order: a hold before its release).
+    One row is an INSERT; more are one COPY, whatever their number."""
+    rows = list(rows)
+    if len(rows) == 1:
+        await conn.execute(_INSERT, *rows[0])
+    elif rows:
+        await conn.copy_records_to_table("outbox", records=rows, columns=["topic", "key", "payload", "headers"])
 
 
 class OutboxRelay:
@@ -96,14 +95,12 @@ class OutboxRelay:
         *,
         batch_limit: int = 500,
         poll_interval_ms: int = 200,
-        max_backoff_s: float = 5.0,
         vacuum_every_rows: int = 20_000,
     ) -> None:
         self._pool = pool
         self._producer = producer
         self._batch_limit = batch_limit
         self._poll_s = poll_interval_ms / 1000
-        self._max_backoff_s = max_backoff_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -302,12 +299,12 @@ class OutboxRelay:
                 raise TimeoutError("outbox did not drain")
 
     async def _run(self) -> None:
-        backoff_s = 0.05
+        failures = 0
         while not self._stopping:
             try:
                 await self._listen()
                 published = await self.publish_once()
-                backoff_s = 0.05
+                failures = 0
                 self._deleted_since_vacuum += published
                 if self._vacuum_every_rows and self._deleted_since_vacuum >= self._vacuum_every_rows:
                     await self.vacuum()
@@ -322,10 +319,10 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # broker or database down: keep the rows, retry later
                 OUTBOX_ERRORS.inc()
-                log.warning("outbox relay pass failed (%s: %s); retry in %.2fs", type(exc).__name__, exc, backoff_s)
+                failures += 1
+                log.warning("outbox relay pass failed (%s: %s); retry %d", type(exc).__name__, exc, failures)
                 await self._unlisten()
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self._max_backoff_s)
+                await pause(failures)
 
 
 async def run_relay(settings: "ServiceSettings", stop: asyncio.Event | None = None) -> None:

@@ -63,6 +63,26 @@ class Reach:
             return self.sees_commissioner(code)
         return False
 
+    def accounts(self) -> list[str] | None:
+        """Every ledger account the binding sees, for filtering a search (None: national, all)."""
+        if self.binding.national:
+            return None
+        ref = self.ref
+        out = [f"fund:{r}" for r in ref.regions if self.sees_region(r)]
+        out += [f"commissioner:{c}" for c in ref.commissioners if self.sees_commissioner(c)]
+        for trust in ref.providers:
+            if self.sees_provider(trust):
+                out += [f"provider:{trust}", f"held:{trust}"]
+        return sorted(out)
+
+    def providers(self) -> list[str] | None:
+        """Every trust and site the binding sees (None: national, all)."""
+        if self.binding.national:
+            return None
+        ref = self.ref
+        return sorted([t for t in ref.providers if self.sees_provider(t)]
+                      + [code for code, site in ref.sites.items() if self.sees_provider(site.trust_code)])
+
     # -- writes ---------------------------------------------------------------------------------
     def pays_for(self, icb_code: str) -> bool:
         """May send payments on behalf of this commissioner."""
@@ -108,3 +128,17 @@ def reach_of(principal: Principal, ref: ReferenceData) -> Reach:
 def not_found(what: str) -> Problem:
     """The answer for a record this token cannot see: the same as for one that does not exist."""
     return Problem(404, "Not found", f"no {what}")
+
+
+def region_accounts(ref: ReferenceData, region_code: str) -> tuple[list[str], list[str]]:
+    """(the region's ledger accounts, its trusts and sites): what "in the region" means for a search."""
+    reach = Reach(Binding(regions=frozenset({region_code})), ref)
+    return reach.accounts() or [], reach.providers() or []
+
+
+def provider_accounts(ref: ReferenceData, ods_code: str) -> tuple[list[str], list[str]]:
+    """(the trust's ledger accounts, the trust and its sites) for an ODS code of a trust or a site."""
+    trust = ref.trust_of(ods_code)
+    if trust is None:
+        return [], [ods_code]
+    return [f"provider:{trust}", f"held:{trust}"], sorted([trust] + [c for c, s in ref.sites.items() if s.trust_code == trust])

@@ -28,14 +28,16 @@ from shared.consumer import (
     BadEvent,
     DeadRecord,
     backoff,
-    dead_letter_headers,
+    dead_letter_record_headers,
     raw_headers,
     validation_reason,
 )
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from shared.kafka import ensure_topics, make_producer
+from shared.lag import start_lag_reporter, stop_lag_reporter
 from shared.money import InvariantError
+from shared.retry import STARTUP, STARTUP_ATTEMPTS, retry
 from shared.logging import correlation_id_var
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -44,8 +46,6 @@ from shared.http import bounded
 log = logging.getLogger(__name__)
 
 EVENTS_HANDLED = Counter("events_handled_total", "Events a consumer handled successfully", ["topic"])
-CONSUMER_LAG = Gauge("consumer_lag_records", "Records behind the partition's high watermark", ["topic", "partition", "group"])
-LAG_INTERVAL_S = 5.0
 # A consumer that has not polled the broker for this long is not ready: its loop died or a batch
 # has been stuck that long (a batch takes well under a second; the poll interval is 20 ms).
 READY_POLL_STALE_S = 60.0
@@ -93,7 +93,10 @@ def make_broker(settings: ServiceSettings) -> KafkaBroker:
         settings.kafka_bootstrap_servers,
         client_id=settings.service_name,
         security=security,
-        logger=logging.getLogger(f"faststream.{settings.service_name}"),
+        # Outside FastStream's own logger tree (which has a plain-text handler of its own), so its
+        # lines are JSON like ours; per-message "Received"/"Processed" lines at DEBUG: noise at INFO.
+        logger=logging.getLogger(f"patient_power.broker.{settings.service_name}"),
+        log_level=logging.DEBUG,
         graceful_timeout=10,
         acks="all",
     )
@@ -127,7 +130,7 @@ class Runtime:
         self.attempts = AttemptTracker()
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
-        self._lag_task: asyncio.Task | None = None
+        self._lag: Any = None  # shared.lag.LagReporter, once the consumers run
         self._last_poll: dict[int, float] = {}  # id(subscriber) -> monotonic time of its last poll
         self.keys: Any = None  # the auth KeyStore, started and stopped with the runtime (set by the app)
         self.reference: Any = None  # shared.reference.ReferenceData, set by the app
@@ -140,22 +143,17 @@ class Runtime:
         self._on_stop.append(fn)
         return fn
 
-    async def connect_db(self, attempts: int = 60) -> asyncpg.Pool:
-        delay_s = 0.1
-        for attempt in range(1, attempts + 1):
-            try:
-                return await db.create_pool(
-                    self.settings.database_url,
-                    min_size=self.settings.db_pool_min_size,
-                    max_size=self.settings.db_pool_max_size,
-                )
-            except (OSError, asyncpg.PostgresError) as exc:
-                if attempt == attempts:
-                    raise
-                log.warning("database not ready (%s), retry %d/%d", exc, attempt, attempts)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-        raise RuntimeError("unreachable")
+    async def connect_db(self, attempts: int = STARTUP_ATTEMPTS) -> asyncpg.Pool:
+        async def connect() -> asyncpg.Pool:
+            return await db.create_pool(self.settings.database_url, min_size=self.settings.db_pool_min_size,
+                                        max_size=self.settings.db_pool_max_size)
+
+        def waiting(state: Any) -> None:
+            log.warning("database not ready (%s), retry %d/%d", describe_error(state.outcome.exception()),
+                        state.attempt_number, attempts)
+
+        return await retry(connect, on=(OSError, asyncpg.PostgresError), attempts=attempts, policy=STARTUP,
+                           before_sleep=waiting)
 
     async def start(self) -> None:
         self.pool = await self.connect_db()
@@ -180,7 +178,9 @@ class Runtime:
             await fn()
         self._watch_polls()
         await self.broker.start()
-        self._lag_task = asyncio.create_task(self._watch_lag(), name="consumer-lag")
+        # kafka_consumer_lag_records: high watermark minus the group's committed offset, per partition
+        self._lag = start_lag_reporter(lambda: [getattr(sub, "consumer", None) for sub in self.broker.subscribers],
+                                       interval_s=5)
         log.info("%s started", self.settings.service_name)
 
     def _watch_polls(self) -> None:
@@ -230,10 +230,8 @@ class Runtime:
         if self.keys is not None:
             with contextlib.suppress(Exception):
                 await self.keys.stop()
-        if self._lag_task:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._lag_task
+        with contextlib.suppress(Exception):
+            await stop_lag_reporter(self._lag)
         with contextlib.suppress(Exception):
             await self.broker.stop()
         for fn in self._on_stop:
@@ -250,25 +248,6 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), timeout=5)
 
-    async def _watch_lag(self) -> None:
-        """Export consumer lag per partition (high watermark minus position) every few seconds."""
-        while True:
-            await asyncio.sleep(LAG_INTERVAL_S)
-            for sub in list(self.broker.subscribers):
-                consumer = getattr(sub, "consumer", None)
-                if consumer is None:
-                    continue
-                group = getattr(consumer, "_group_id", None) or ""
-                try:
-                    for tp in consumer.assignment():
-                        high = consumer.highwater(tp)
-                        if high is None:
-                            continue
-                        position = await consumer.position(tp)
-                        CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(max(0, high - position))
-                except Exception as exc:  # rebalancing or stopping: try again next round
-                    log.debug("lag probe skipped: %s", exc)
-
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
         await self.start()
@@ -281,14 +260,35 @@ class Runtime:
     # Consumer safety
     # -----------------------------------------------------------------------------------------
     async def dead_letter(self, raw: Any, dlq_topic: str, reason: str, kind: str) -> None:
-        headers = dead_letter_headers(raw, reason, kind)
-        await self.producer.send_and_wait(
-            dlq_topic, raw.value, key=raw.key, headers=[(k, v.encode()) for k, v in headers.items()]
-        )
+        await self.producer.send_and_wait(dlq_topic, raw.value, key=raw.key,
+                                          headers=dead_letter_record_headers(raw, reason, kind))
         DEAD_LETTERS.labels(raw.topic, kind).inc()
         log.warning("dead-lettered %s[%d]@%d to %s: %s", raw.topic, raw.partition, raw.offset, dlq_topic, reason)
 
     # -- batch consumers (one transaction per batch; see services/*/consumer.py) ---------------
+    async def run_batch(self, records: Sequence[Any], handle: Callable[[], Awaitable[T]], *, timer: Any = None,
+                        what: str = "batch") -> T | None:
+        """The consumer policy around a command handler called with a whole batch (the handler owns
+        the transaction and its race retries: shared/uow.py). Its result once committed, or None:
+        the batch failed for a reason that is neither its input nor the infrastructure, nothing of
+        it was written, and the caller handles it one record at a time (``handle_one``), so the
+        failing record is retried, then dead-lettered, while the others go through. An outage backs
+        off and raises, so the batch is delivered again; a broken money invariant raises loudly."""
+        try:
+            with timer.time() if timer is not None else contextlib.nullcontext():
+                return await handle()
+        except TRANSIENT_ERRORS as exc:
+            await self.batch_failed_transiently(records, exc)
+            raise
+        except InvariantError:
+            log.critical("a money invariant broke in a %s: not acknowledged, not dead-lettered", what)
+            raise
+        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
+            first = records[0]
+            log.warning("%s of %d from %s[%d]@%d failed (%s); handling it one record at a time", what, len(records),
+                        first.topic, first.partition, first.offset, describe_error(exc))
+        return None
+
     async def write_batch(self, records: Sequence[Any], write: Callable[[asyncpg.Connection], Awaitable[T]], *,
                           raced: type[Exception] | tuple[type[Exception], ...] = (), timer: Any = None,
                           what: str = "batch") -> T | None:

@@ -30,6 +30,10 @@ LEDGER_TRANSFER_REQUESTS = TopicSpec("ledger.transfer-requests.v1", 8, "transfer
 LEDGER_TRANSFER_REQUESTS_DLQ = TopicSpec("ledger.transfer-requests.dlq.v1", 1, "original key")
 LEDGER_POSTED = TopicSpec("ledger.posted.v1", 8, "transfer_id")
 LEDGER_POSTED_DLQ = TopicSpec("ledger.posted.dlq.v1", 1, "original key")
+# Improvement funds (services/funds): every step of every grant, keyed by grant id so one grant's
+# events stay in order on one partition; the event types (funds.grant-proposed.v1, ...) tell the
+# steps apart. Few events (a handful per grant), so few partitions.
+FUNDS_GRANTS = TopicSpec("funds.grants.v1", 3, "grant_id")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     PAYMENTS_REQUESTED,
@@ -42,4 +46,5 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     LEDGER_TRANSFER_REQUESTS_DLQ,
     LEDGER_POSTED,
     LEDGER_POSTED_DLQ,
+    FUNDS_GRANTS,
 )

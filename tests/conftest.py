@@ -1,6 +1,6 @@
 """Test infrastructure: real PostgreSQL and a real Kafka-protocol broker, started by the tests.
 
-Selection (shared/devstack.py): KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set; otherwise
+Selection (devtools/stack.py): KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set; otherwise
 testcontainers when a Docker daemon answers; otherwise the embedded Tansu broker and PostgreSQL.
 Unit tests (tests/unit) use none of this.
 """
@@ -22,7 +22,7 @@ os.environ.setdefault("PATIENT_POWER_MODE", "development")
 
 from shared.auth import SCOPES, mint  # noqa: E402
 from shared.db import ensure_database
-from shared.devstack import docker_available, fresh_kafka, start_infra
+from devtools.stack import docker_available, fresh_kafka, start_infra
 
 
 @pytest.fixture(scope="session")

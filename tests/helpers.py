@@ -49,3 +49,21 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: floa
     finally:
         await consumer.stop()
     return out
+
+
+async def settle(http: Any, payments_url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                 timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Run a settlement job (POST /v1/settlements/run) to its end; the reports it wrote."""
+    r = await http.post(f"{payments_url}/v1/settlements/run", params={"wait_s": min(timeout_s, 60)}, json=body,
+                        **({"headers": headers} if headers else {}))
+    assert r.status_code in (200, 202), r.text
+    job = r.json()
+    deadline = time.monotonic() + timeout_s
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"settlement job still {job['state']} after {timeout_s}s: {job}"
+        await asyncio.sleep(0.2)
+        r = await http.get(f"{payments_url}{job['url']}", **({"headers": headers} if headers else {}))
+        assert r.status_code == 200, r.text
+        job = r.json()
+    assert job["state"] == "succeeded", job
+    return job["reports"]

@@ -14,7 +14,7 @@ import uuid
 import asyncpg
 
 from shared import db
-from shared.devstack import fresh_kafka, start_infra
+from devtools.stack import fresh_kafka, start_infra
 from shared.kafka import ensure_topics, make_producer
 from shared.outbox import OutboxRelay, enqueue
 from shared.topics import LEDGER_POSTED

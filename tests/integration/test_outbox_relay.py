@@ -20,7 +20,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from services.ledger.app import create_app
 from services.ledger.settings import LedgerSettings
 from shared import db
-from shared.devstack import EmbeddedKafka
+from devtools.stack import EmbeddedKafka
 from shared.kafka import ensure_topics, make_producer
 from shared.outbox import OUTBOX_PUBLISHED, OUTBOX_VACUUMS, OutboxRelay, enqueue, run_relay
 from shared.topics import LEDGER_POSTED, TopicSpec

@@ -226,11 +226,12 @@ def test_jwks_url_picks_up_a_rotated_key_by_kid(monkeypatch: pytest.MonkeyPatch)
                     await cfg.verify(jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "evil"}))
                 assert caught.value.detail == "the token is signed with a key this service does not know"
                 assert idp.fetches == fetches + 1
-                # The old key retired: its tokens fail once the document drops it.
+                # The old key retired: its new tokens fail once the document drops it (a token
+                # verified before stays honoured for at most VERIFIED_CACHE_S: see below).
                 idp.document = {"keys": [jwk_of(new, "2026-2")]}
                 await keys.refresh(force=True)
                 with pytest.raises(Problem):
-                    await cfg.verify(jwt.encode(claims(), old, algorithm="RS256", headers={"kid": "2026-1"}))
+                    await cfg.verify(jwt.encode(claims(sub="after.rotation"), old, algorithm="RS256", headers={"kid": "2026-1"}))
             finally:
                 await keys.stop()
 
@@ -288,3 +289,14 @@ def test_mint_gives_national_reach_only_when_no_binding_is_named() -> None:
     assert jwt.decode(mint(["ledger:read"]), DEV_SECRET, algorithms=["HS256"])["national"] is True
     with pytest.raises(ValueError):
         mint(["ledger:everything"])
+
+
+def test_a_verified_token_is_remembered_for_at_most_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(secret=DEV_SECRET)
+    token = jwt.encode(claims(), DEV_SECRET, algorithm="HS256")
+    first = verify(cfg, token)
+    cfg.hs256_secret = "x" * 40  # as if the key were retired: the remembered verification still stands ...
+    assert verify(cfg, token) is first
+    real = time.time
+    monkeypatch.setattr(auth.time, "time", lambda: real() + auth.VERIFIED_CACHE_S + 1)
+    assert refused(cfg, token) == "the token's signature does not verify"  # ... but not beyond the minute

@@ -63,6 +63,28 @@ def test_feedback_refuses_the_development_pseudonym_key_in_production() -> None:
         settings.keyring()
 
 
+def test_the_ledger_refuses_to_sign_statements_with_the_development_key_in_production() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
+
+    settings = LedgerSettings(mode="production")
+    assert settings.security_problems() == [
+        "LEDGER_STATEMENT_SIGNING_KEY is not set (period statements would be signed with the public development key)"]
+    with pytest.raises(ValueError):
+        settings.statement_signer()
+
+    def pem(key) -> str:  # type: ignore[no-untyped-def]
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+
+    good = LedgerSettings(mode="production", statement_signing_key=pem(Ed25519PrivateKey.generate()))
+    assert good.security_problems() == [] and good.statement_signer().key_id
+    rsa = LedgerSettings(mode="production", statement_signing_key=pem(generate_private_key(65537, 2048)))
+    assert rsa.security_problems() == ["LEDGER_STATEMENT_SIGNING_KEY: the statement signing key must be an Ed25519 key"]
+    assert LedgerSettings(mode="development").statement_signer().key_id  # the public development key
+
+
 def test_development_says_loudly_that_it_is_insecure(capsys: pytest.CaptureFixture[str]) -> None:
     settings = LedgerSettings(mode="development")
     security.enforce(settings, "ledger")

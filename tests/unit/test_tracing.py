@@ -7,7 +7,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from shared.tracing import holds_nhs_number, is_safe_correlation_id, nhs_check_digit_ok, safe_correlation_id
 
 

