@@ -20,7 +20,9 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from services.ledger import admission, store
+from services.ledger import admission, queries
+from services.ledger.group_commit import Overloaded
+from services.ledger.ports import Submitted
 from shared import namespaces
 from shared.auth import principal_of
 from shared.contracts import AccountId, TransferRequested
@@ -213,7 +215,7 @@ def _cursor(cursor: str | None, shape: tuple[type, ...] = (str,)) -> list[Any] |
     if cursor is None:
         return None
     try:
-        value = store.decode_cursor(cursor)
+        value = queries.decode_cursor(cursor)
         if len(value) != len(shape) or not all(isinstance(v, t) for v, t in zip(value, shape)):
             raise ValueError("bad cursor")
         return value
@@ -235,12 +237,12 @@ async def list_accounts(
     _aware("as_of", as_of)
     after = _cursor(cursor)
     async with _pool(request).acquire() as conn:
-        rows = await store.list_accounts(conn, type_=type, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
+        rows = await queries.list_accounts(conn, type_=type, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
     page = rows[:limit]
     # A bound token sees only the accounts its binding reaches (a page may then be shorter).
     reach = _reach(request)
     items = [Balance(**r) for r in page if reach.sees_account(r["account_id"])]
-    return AccountPage(items=items, next_cursor=store.encode_cursor(page[-1]["account_id"]) if len(rows) > limit else None)
+    return AccountPage(items=items, next_cursor=queries.encode_cursor(page[-1]["account_id"]) if len(rows) > limit else None)
 
 
 @router.get("/accounts/{account_id}/balance", response_model=Balance, tags=["balances"], summary="Balance now or as of a time")
@@ -248,7 +250,7 @@ async def get_balance(request: Request, account_id: AccountId, as_of: datetime |
     _aware("as_of", as_of)
     _check_visible(request, account_id)
     async with _pool(request).acquire() as conn:
-        found = await store.balance(conn, account_id, as_of)
+        found = await queries.balance(conn, account_id, as_of)
     if found is None:
         raise Problem(404, "Not found", f"no account {account_id}")
     return Balance(**found)
@@ -262,8 +264,12 @@ async def put_account(request: Request, account_id: Annotated[AccountId, Path()]
                       errors=[{"field": "account_id", "message": "unknown organisation"}])
     reach = _reach(request)
     reach.require(reach.moves_account(account_id), "account_id", account_id)
+    await request.app.state.runtime.handlers.declare_account(account_id, body.metadata)
     async with _pool(request).acquire() as conn:
-        return Balance(**await store.set_metadata(conn, account_id, body.metadata))
+        found = await queries.balance(conn, account_id)
+    if found is None:  # pragma: no cover - it was declared just now
+        raise RuntimeError(f"{account_id} not found after it was declared")
+    return Balance(**found)
 
 
 STATEMENT_COLUMNS = ["entry_seq", "posted_at", "transfer_id", "kind", "cause_kind", "amount_pence", "balance_after_pence",
@@ -285,7 +291,7 @@ async def _statement(request: Request, account_id: str, from_: datetime | None, 
         except (ValueError, IndexError, TypeError):
             raise Problem(400, "Bad request", "cursor is not one this API returned")
     async with _pool(request).acquire() as conn:
-        found = await store.statement(conn, account_id, from_=from_, to=to, after=after_key, limit=limit)
+        found = await queries.statement(conn, account_id, from_=from_, to=to, after=after_key, limit=limit)
     if found is None:
         raise Problem(404, "Not found", f"no account {account_id}")
     return found
@@ -311,7 +317,7 @@ async def get_statement(
         account_id=account_id, type=found["account"]["type"], from_=from_, to=to,
         opening_balance_pence=found["opening_balance_pence"],
         lines=[StatementLine(**line) for line in found["lines"]],
-        next_cursor=store.encode_cursor(nxt[0].isoformat(), nxt[1]) if nxt else None,
+        next_cursor=queries.encode_cursor(nxt[0].isoformat(), nxt[1]) if nxt else None,
     )
 
 
@@ -346,7 +352,7 @@ async def statement_csv(
             if not nxt:
                 break
             async with _pool(request).acquire() as conn:
-                found = await store.statement(conn, account_id, from_=from_, to=to, after=nxt, limit=PAGE_MAX)
+                found = await queries.statement(conn, account_id, from_=from_, to=to, after=nxt, limit=PAGE_MAX)
 
     filename = f"statement-{account_id.replace(':', '-')}.csv"
     return StreamingResponse(lines(), media_type="text/csv; charset=utf-8",
@@ -370,14 +376,14 @@ async def trial_balance(
     after = _cursor(cursor)
     async with _pool(request).acquire() as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):  # totals and page from one snapshot
-            totals = await store.trial_balance_totals(conn, as_of)
-            rows = await store.list_accounts(conn, type_=None, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
+            totals = await queries.trial_balance_totals(conn, as_of)
+            rows = await queries.list_accounts(conn, type_=None, after=after[0] if after else None, limit=limit + 1, as_of=as_of)
     items = [Balance(**r) for r in rows[:limit]]
     return TrialBalance(
         as_of=as_of, accounts=items, account_count=totals["accounts"], total_pence=totals["total_pence"],
         pending_debits_pence=totals["pending_debits_pence"], pending_credits_pence=totals["pending_credits_pence"],
         by_type_pence=totals["by_type_pence"],
-        next_cursor=store.encode_cursor(items[-1].account_id) if len(rows) > limit else None,
+        next_cursor=queries.encode_cursor(items[-1].account_id) if len(rows) > limit else None,
     )
 
 
@@ -396,7 +402,7 @@ async def trial_balance_csv(request: Request, as_of: datetime | None = None) -> 
         after = None
         while True:  # a page of accounts per query: memory stays one page however many accounts
             async with _pool(request).acquire() as conn:
-                rows = await store.list_accounts(conn, type_=None, after=after, limit=PAGE_MAX, as_of=as_of)
+                rows = await queries.list_accounts(conn, type_=None, after=after, limit=PAGE_MAX, as_of=as_of)
             for r in rows:
                 totals = [totals[0] + r["posted_pence"], totals[1] + r["pending_debits_pence"], totals[2] + r["pending_credits_pence"]]
                 yield _csv_line([r[c] for c in TB_COLUMNS])
@@ -416,7 +422,7 @@ async def trial_balance_csv(request: Request, as_of: datetime | None = None) -> 
             summary="A transfer with its legs, cause, and its two-phase or reversal links")
 async def get_transfer(request: Request, transfer_id: Annotated[EntryId, Path()]) -> TransferView:
     async with _pool(request).acquire() as conn:
-        found = await store.transfer(conn, transfer_id)
+        found = await queries.transfer(conn, transfer_id)
     if found is None:
         raise not_found(f"transfer {transfer_id}")
     accounts = [leg["account_id"] for leg in found["legs"]] or [leg[0] for leg in found["request"].get("legs", [])]
@@ -440,19 +446,23 @@ async def post_transfer(request: Request, body: TransferRequested) -> PostResult
     accounts = [leg.account_id for leg in body.legs]
     if body.pending_id is not None:
         async with _pool(request).acquire() as conn:
-            accounts += await store.pending_accounts(conn, body.pending_id)
+            accounts += await queries.pending_accounts(conn, body.pending_id)
     for account in dict.fromkeys(accounts):
         reach.require(reach.moves_account(account), "legs", account)
     cid = correlation_id_var.get() or str(uuid.uuid4())
-    [outcome] = await store.post_batch(_pool(request), [store.Submitted(body, cid, None)])
+    try:  # joins the batch being formed: one transaction for all the requests waiting (group_commit.py)
+        outcome = await request.app.state.runtime.group_commit.submit(Submitted(body, cid, None))
+    except Overloaded as exc:
+        raise Problem(503, "Service unavailable", f"{exc}; retry the same request", headers={"Retry-After": "1"}) from exc
     if outcome.status == "conflict":
         fields = (outcome.reason or "").removeprefix("transfer_id already used with different ").split(", ")
         raise Problem(409, "Conflict", outcome.reason or "transfer_id reused with different fields", transfer_id=body.transfer_id,
                       fields=fields, errors=[{"field": f, "message": "differs from the transfer first recorded with this id"}
                                              for f in fields])
     if outcome.status == "rejected" or (outcome.status == "duplicate" and outcome.original_status == "rejected"):
-        raise Problem(422, "Transfer rejected", outcome.reason or "rejected", transfer_id=body.transfer_id,
-                      errors=[{"field": "legs", "message": outcome.reason or "rejected"}])
+        reason = outcome.reason or "rejected"
+        field = "value_date" if reason.startswith(("period ", "value_date ")) else "legs"  # dated in a closed period / the future
+        raise Problem(422, "Transfer rejected", reason, transfer_id=body.transfer_id, errors=[{"field": field, "message": reason}])
     if outcome.entry_seq is None or outcome.entry_hash is None:  # pragma: no cover - posted outcomes always have both
         raise RuntimeError("a recorded transfer has no entry")
     return PostResult(transfer_id=body.transfer_id, status=outcome.status, original_status=outcome.original_status,  # type: ignore[arg-type]
@@ -464,7 +474,7 @@ async def post_transfer(request: Request, body: TransferRequested) -> PostResult
 async def verify(request: Request) -> VerifyResult:
     _check_unlimited(request)
     async with _pool(request).acquire() as conn:
-        result = await store.verify_exclusive(conn)
+        result = await queries.verify_exclusive(conn)
     if result is None:
         raise Problem(409, "Not allowed now", "another verification is running; try again when it has finished",
                       errors=[{"field": "(request)", "message": "a verification is already running"}])

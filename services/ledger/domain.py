@@ -44,26 +44,36 @@ Idempotency: the transfer id is the key. A request whose id was seen before with
 like TigerBeetle's ``id_already_failed``, so replaying a stream can never change its outcome);
 the same id with different fields is a conflict that names the fields that differ.
 
-Hash chain: ``hash = sha256(prev_hash + canonical JSON of {seq, transfer_id, kind, request,
-legs, posted_at, expires_at})`` where ``request`` is the canonical client request (kind, legs,
-pending_id, timeout_s, reverses, cause). Timestamps are inputs, so a replay with the same clock
-gives the same chain.
+The canonical form of requests and entries, the hash chain and its verification live in
+``chain.py``; this module decides.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal, NamedTuple
+from zoneinfo import ZoneInfo
 
-from shared.contracts import TransferCause, TransferRequested
+from services.ledger.chain import (
+    EXPIRY_SUFFIX,
+    GENESIS_HASH,
+    ChainRow,
+    Command,
+    Expire,
+    differing_fields,
+    entry_text,
+    fingerprint_of,
+    link,
+    request_json,
+    reservation_change,
+)
+from shared.contracts import TransferRequested
 from shared.money import check
 
-GENESIS_HASH = "0" * 64
-EXPIRY_SUFFIX = "~expired"
+__all__ = ["EXPIRY_SUFFIX", "GENESIS_HASH", "Command", "Expire"]  # re-exported: callers name commands from here
 
 AccountType = Literal["commissioner", "provider", "held", "fund"]
 EntryKind = Literal["posted", "pending", "post_pending", "void_pending", "expire"]
@@ -75,7 +85,6 @@ Status = Literal["posted", "pending", "voided", "rejected"]
 # correction only if they received the money first, so no floor is needed there.
 FLOOR_PENCE: dict[str, int | None] = {"commissioner": None, "provider": None, "held": 0, "fund": 0}
 
-NORMAL_SIDE = {"commissioner": "debit", "provider": "credit", "held": "credit", "fund": "credit"}
 
 # Bounds that keep every balance inside PostgreSQL's bigint: a leg moves at most £10 trillion,
 # and no balance may pass ±£90 trillion (bigint holds ±£92,233 trillion).
@@ -91,68 +100,30 @@ STATUS_OF_KIND: dict[str, Status] = {
     "expire": "voided",
 }
 
-_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-_esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: a JSON string literal, ASCII
+# Accounting periods are calendar months in UK time: NHS finance closes its books by the month,
+# and a posting at 00:30 BST on 1 November belongs to November, not to October (UTC's date).
+UK = ZoneInfo("Europe/London")
 
 
-def canonical(value: Any) -> str:
-    """The one JSON spelling hashed everywhere: sorted keys, no spaces, ASCII."""
-    return _dumps(value)
+def accounting_date(posted_at: datetime, value_date: date | None = None) -> date:
+    """The day an entry counts in the books: its ``value_date`` when given, else the UK date it was posted."""
+    return value_date if value_date is not None else posted_at.astimezone(UK).date()
 
 
-def _legs_json(legs: Sequence[Sequence[Any]]) -> str:
-    """canonical() of a list of [account, int, ...] lists, built directly (hot path: twice per entry)."""
-    parts = []
-    for leg in legs:
-        if len(leg) == 2:  # a request's (account, amount)
-            parts.append(f"[{_esc(leg[0])},{int(leg[1])}]")
-        elif len(leg) == 3:  # an entry's (account, amount, pending)
-            parts.append(f"[{_esc(leg[0])},{int(leg[1])},{int(leg[2])}]")
-        else:
-            parts.append("[" + _esc(leg[0]) + "," + ",".join(str(int(x)) for x in leg[1:]) + "]")
-    return "[" + ",".join(parts) + "]"
+def period_of(day: date) -> str:
+    """The accounting period (``YYYY-MM``) of a day."""
+    return f"{day.year:04d}-{day.month:02d}"
 
 
-# TransferCause's fields in canonical (sorted) order, for _cause_json.
-_CAUSE_FIELDS = tuple(sorted(TransferCause.model_fields))
+def next_period(period: str) -> str:
+    year, month = int(period[:4]), int(period[5:7])
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
 
 
-def _cause_json(cause: TransferCause) -> str:
-    """canonical(cause.model_dump(mode="json", exclude_none=True)), built directly (hot path).
-
-    Strings and ints spell the same in both; any other type takes the general path, so a field
-    added to the contract later cannot make the two disagree.
-    """
-    parts = []
-    for name in _CAUSE_FIELDS:
-        value = getattr(cause, name)
-        if value is None:
-            continue
-        kind = type(value)
-        if kind is str:
-            parts.append(f'"{name}":{_esc(value)}')
-        elif kind is int:
-            parts.append(f'"{name}":{value}')
-        else:
-            return _dumps(cause.model_dump(mode="json", exclude_none=True))
-    return "{" + ",".join(parts) + "}"
-
-
-def request_json(req: "Command") -> str:
-    """canonical(request_body(req)), built directly on the hot path (keys in sorted order).
-
-    A unit test checks it equals the general form for every kind of request.
-    """
-    if isinstance(req, Expire):
-        return canonical(request_body(req))
-    legs = sorted((leg.account_id, leg.amount_pence) for leg in req.legs)
-    return (
-        '{"cause":' + _cause_json(req.cause)
-        + ',"kind":"' + req.kind + '","legs":' + _legs_json(legs)
-        + ',"pending_id":' + ("null" if req.pending_id is None else _esc(req.pending_id))
-        + ',"reverses":' + ("null" if req.reverses is None else _esc(req.reverses))
-        + ',"timeout_s":' + ("null" if req.timeout_s is None else str(req.timeout_s)) + "}"
-    )
+def period_bounds(period: str) -> tuple[date, date]:
+    """[first day, first day of the next period)."""
+    nxt = next_period(period)
+    return date(int(period[:4]), int(period[5:7]), 1), date(int(nxt[:4]), int(nxt[5:7]), 1)
 
 
 def account_type(account_id: str) -> AccountType:
@@ -164,86 +135,6 @@ def account_type(account_id: str) -> AccountType:
 def account_floor(account_id: str) -> int | None:
     return FLOOR_PENCE[account_type(account_id)]
 
-
-# ---------------------------------------------------------------------------------------------
-# Requests: canonical form, fingerprint, differing fields
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Expire:
-    """An internal command: void pending transfer ``pending_id`` because its timeout passed."""
-
-    pending_id: str
-
-    @property
-    def transfer_id(self) -> str:
-        return self.pending_id + EXPIRY_SUFFIX
-
-
-Command = TransferRequested | Expire
-
-
-def request_body(req: Command) -> dict[str, Any]:
-    """The fields that define a request (its idempotency identity), canonical and order-free.
-
-    ``ordering_key`` is routing, not content, and is left out.
-    """
-    if isinstance(req, Expire):
-        return {"kind": "expire", "legs": [], "pending_id": req.pending_id, "timeout_s": None, "reverses": None,
-                "cause": {"kind": "expiry"}}
-    return {
-        "kind": req.kind,
-        "legs": sorted([leg.account_id, leg.amount_pence] for leg in req.legs),
-        "pending_id": req.pending_id,
-        "timeout_s": req.timeout_s,
-        "reverses": req.reverses,
-        "cause": req.cause.model_dump(mode="json", exclude_none=True),
-    }
-
-
-# Kept for callers that only need legs and cause (older name).
-transfer_body = request_body
-
-
-def fingerprint_of(body_json: str) -> str:
-    return hashlib.sha256(body_json.encode()).hexdigest()
-
-
-def fingerprint(req: Command) -> str:
-    """Hash of the fields that define a request: legs (order-free), kind, links and cause."""
-    return fingerprint_of(request_json(req))
-
-
-def differing_fields(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Names of top-level fields that differ between two request bodies."""
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
-# ---------------------------------------------------------------------------------------------
-# Hash chain
-# ---------------------------------------------------------------------------------------------
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.isoformat()
-
-
-def entry_canonical(seq: int, transfer_id: str, kind: str, request_json: str, legs: Sequence[Sequence[Any]],
-                    posted_at: datetime, expires_at: datetime | None) -> str:
-    # Built by hand around the already-canonical request so the request is serialised once.
-    return (
-        '{"expires_at":' + canonical(_iso(expires_at))
-        + ',"kind":' + canonical(kind)
-        + ',"legs":' + _legs_json(legs)
-        + ',"posted_at":' + canonical(_iso(posted_at))
-        + ',"request":' + request_json
-        + ',"seq":' + str(seq)
-        + ',"transfer_id":' + _esc(transfer_id) + "}"
-    )
-
-
-def entry_hash(prev_hash: str, seq: int, transfer_id: str, kind: str, request_json: str, legs: Sequence[Sequence[Any]],
-               posted_at: datetime, expires_at: datetime | None = None) -> str:
-    """SHA-256 over the previous hash and this entry's canonical content."""
-    text = entry_canonical(seq, transfer_id, kind, request_json, legs, posted_at, expires_at)
-    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,14 +199,8 @@ class PlannedEntry(NamedTuple):
     reverses: str | None
     prev_hash: str
     hash: str
-
-    @property
-    def request(self) -> dict[str, Any]:
-        return json.loads(self.request_json)  # type: ignore[no-any-return]
-
-    @property
-    def leg_triples(self) -> list[list[Any]]:
-        return [[leg.account_id, leg.amount_pence, leg.pending_pence] for leg in self.legs]
+    accounting_date: date
+    value_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -367,74 +252,47 @@ class BatchPlan:
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
 
-    @property
-    def deltas_pence(self) -> dict[str, int]:
-        """Posted balance changes per account touched by the batch's entries."""
-        return {a: d[0] for a, d in self.deltas.items()}
-
 
 class _Refused(Exception):
     pass
 
 
-def plan_batch(
-    requests: Sequence[Command],
-    *,
-    balances: Mapping[str, AccountState] | None = None,
-    balances_pence: Mapping[str, int] | None = None,
-    existing: Mapping[str, ExistingEntry],
-    pendings: Mapping[str, PendingState] | None = None,
-    originals: Mapping[str, PostedOriginal] | None = None,
-    head_seq: int,
-    head_hash: str,
-    now: datetime | None = None,
-    posted_at: datetime | None = None,
-) -> BatchPlan:
-    """Decide the outcome of each request in order and the entries and balance changes to write.
+class _Planner:
+    """The state of one ``plan_batch``: balances as the batch goes, the ids seen (stored and
+    earlier in the batch), pending transfers, originals, and the plan being built."""
 
-    - same id, same fields as an earlier decision: ``duplicate`` (the original decision);
-    - same id, different fields: ``conflict`` naming the fields, nothing written;
-    - a request that breaks a rule (floor, unknown or resolved pending, bad partial post, bad
-      reversal): ``rejected`` with the reason, kept so a retry gets the same answer;
-    - otherwise the next entry in the hash chain, stamped ``now``.
-    A post or void naming an expired pending first writes its expiry entry, then is refused with
-    "pending expired". Balance changes are aggregated per account over the batch, so a hot
-    account (a regional fund) gets one update per batch however many transfers land in it.
-    """
-    stamp = now if now is not None else posted_at
-    check(stamp is not None, "plan_batch needs the time to stamp entries")
-    assert stamp is not None
-    check(stamp.tzinfo is not None, "entry times must be time-zone aware")
-    stamp = stamp.astimezone(timezone.utc)
-    plan = BatchPlan(head_seq=head_seq, head_hash=head_hash)
-    state: dict[str, list[int]] = {}
-    if balances:
-        for a, s in balances.items():
-            state[a] = [s.posted_pence, s.pending_debits_pence, s.pending_credits_pence]
-    if balances_pence:
-        for a, p in balances_pence.items():
-            state.setdefault(a, [0, 0, 0])[0] = p
-    seen: dict[str, ExistingEntry] = dict(existing)
-    pend: dict[str, PendingState] = dict(pendings or {})
-    origs: Mapping[str, PostedOriginal] = originals or {}
-    written: dict[str, PlannedEntry] = {}  # posted and post_pending entries of this batch, for reversals
-    stamp_iso = stamp.isoformat()
+    def __init__(self, *, balances: Mapping[str, AccountState], existing: Mapping[str, ExistingEntry],
+                 pendings: Mapping[str, PendingState], originals: Mapping[str, PostedOriginal], head_seq: int,
+                 head_hash: str, stamp: datetime, closed_through: str | None) -> None:
+        self.plan = BatchPlan(head_seq=head_seq, head_hash=head_hash)
+        self.state: dict[str, list[int]] = {a: [s.posted_pence, s.pending_debits_pence, s.pending_credits_pence]
+                                             for a, s in balances.items()}
+        self.seen: dict[str, ExistingEntry] = dict(existing)
+        self.pend: dict[str, PendingState] = dict(pendings)
+        self.origs = originals
+        self.written: dict[str, PlannedEntry] = {}  # posted and post_pending entries of this batch, for reversals
+        self.stamp = stamp
+        self.stamp_iso = stamp.isoformat()
+        self.today = accounting_date(stamp)
+        self.closed_through = closed_through
 
-    def write(transfer_id: str, kind: EntryKind, pending_id: str | None, reverses: str | None, body_json: str, fp: str,
-              legs: list[tuple[str, int, int]], expires_at: datetime | None) -> PlannedEntry:
+    # -- writing an entry ---------------------------------------------------------------------
+    def write(self, transfer_id: str, kind: EntryKind, pending_id: str | None, reverses: str | None, body_json: str,
+              fp: str, legs: list[tuple[str, int, int]], expires_at: datetime | None,
+              value_date: date | None = None) -> PlannedEntry:
+        plan = self.plan
         seq = plan.head_seq + 1
-        planned_legs = []
         legs = sorted(legs)
         reserve = kind == "pending"
+        planned_legs = []
         for account, amount, pending in legs:
-            s = state.get(account)
+            s = self.state.get(account)
             if s is None:
-                s = state[account] = [0, 0, 0]
+                s = self.state[account] = [0, 0, 0]
             d = plan.deltas.get(account)
             if d is None:
                 d = plan.deltas[account] = [0, 0, 0]
-            d_deb = (-pending if pending < 0 else 0) if reserve else (-pending if pending > 0 else 0)
-            d_cred = (pending if pending > 0 else 0) if reserve else (pending if pending < 0 else 0)
+            d_deb, d_cred = reservation_change(reserve, pending)
             s[0] += amount
             s[1] += d_deb
             s[2] += d_cred
@@ -442,108 +300,169 @@ def plan_batch(
             d[1] += d_deb
             d[2] += d_cred
             planned_legs.append(PlannedLeg(account, amount, pending, s[0], s[1], s[2]))
-        text = (
-            '{"expires_at":' + ('"' + expires_at.isoformat() + '"' if expires_at else "null")
-            + ',"kind":"' + kind + '","legs":' + _legs_json(legs)
-            + ',"posted_at":"' + stamp_iso + '","request":' + body_json
-            + ',"seq":' + str(seq) + ',"transfer_id":' + _esc(transfer_id) + "}"
-        )
-        digest = hashlib.sha256((plan.head_hash + text).encode()).hexdigest()
-        entry = PlannedEntry(seq, transfer_id, kind, fp, body_json, tuple(planned_legs), stamp, expires_at,
-                             pending_id, reverses, plan.head_hash, digest)
+        text = entry_text(seq, transfer_id, kind, body_json, legs, self.stamp_iso, expires_at.isoformat() if expires_at else None)
+        digest = link(plan.head_hash, text)
+        entry = PlannedEntry(seq, transfer_id, kind, fp, body_json, tuple(planned_legs), self.stamp, expires_at,
+                             pending_id, reverses, plan.head_hash, digest, value_date or self.today, value_date)
         plan.entries.append(entry)
         plan.head_seq, plan.head_hash = seq, digest
-        seen[transfer_id] = ExistingEntry(seq, fp, digest, body_json, STATUS_OF_KIND[kind])
+        self.seen[transfer_id] = ExistingEntry(seq, fp, digest, body_json, STATUS_OF_KIND[kind])
         return entry
 
-    def expire(p: PendingState) -> PlannedEntry:
+    def expire(self, p: PendingState) -> PlannedEntry:
         cmd = Expire(p.transfer_id)
         body_json = request_json(cmd)
-        entry = write(cmd.transfer_id, "expire", p.transfer_id, None, body_json, fingerprint_of(body_json),
-                      [(a, 0, -amt) for a, amt in p.legs], None)
-        pend[p.transfer_id] = PendingState(p.transfer_id, p.legs, p.expires_at, "expired")
-        plan.resolved_pendings[p.transfer_id] = ("expired", entry.seq)
+        entry = self.write(cmd.transfer_id, "expire", p.transfer_id, None, body_json, fingerprint_of(body_json),
+                           [(a, 0, -amt) for a, amt in p.legs], None)
+        self.pend[p.transfer_id] = PendingState(p.transfer_id, p.legs, p.expires_at, "expired")
+        self.plan.resolved_pendings[p.transfer_id] = ("expired", entry.seq)
         return entry
 
-    for req in requests:
-        if isinstance(req, Expire):
-            p = pend.get(req.pending_id)
-            if p is not None and p.status == "pending":  # else resolved in time, or expired lazily
-                entry = expire(p)
-                plan.outcomes.append(Outcome(req.pending_id, "voided", entry.seq, entry.hash, "pending expired"))
-            continue
+    # -- one command each ---------------------------------------------------------------------
+    def expiry(self, cmd: Expire) -> None:
+        p = self.pend.get(cmd.pending_id)
+        if p is not None and p.status == "pending":  # else resolved in time, or expired lazily
+            entry = self.expire(p)
+            self.plan.outcomes.append(Outcome(cmd.pending_id, "voided", entry.seq, entry.hash, "pending expired"))
+
+    def request(self, req: TransferRequested) -> None:
         body_json = request_json(req)
         fp = fingerprint_of(body_json)
         tid = req.transfer_id
-        prior = seen.get(tid)
+        prior = self.seen.get(tid)
         if prior is not None:
-            if prior.fingerprint == fp:
-                plan.outcomes.append(Outcome(tid, "duplicate", prior.seq, prior.hash, prior.reason, prior.status))
-            else:
-                fields = differing_fields(json.loads(prior.request_json), json.loads(body_json))
-                plan.outcomes.append(Outcome(tid, "conflict", prior.seq, prior.hash,
-                                             f"transfer_id already used with different {', '.join(fields) or 'fields'}",
-                                             prior.status))
-            continue
+            self.plan.outcomes.append(_repeat(tid, prior, fp, body_json))
+            return
         try:
-            _check_range(req, state)
-            kind = req.kind
-            if kind == "posted":
-                legs = [(leg.account_id, leg.amount_pence, 0) for leg in req.legs]
-                if req.reverses is not None:
-                    _check_reversal(req, origs, written, plan.reversals)
-                _check_floors(legs, state, reserve=False)
-                entry = write(tid, "posted", None, req.reverses, body_json, fp, legs, None)
-                written[tid] = entry
-                if req.reverses is not None:
-                    plan.reversals[req.reverses] = tid
-                plan.outcomes.append(Outcome(tid, "posted", entry.seq, entry.hash))
-            elif kind == "pending":
-                legs = [(leg.account_id, 0, leg.amount_pence) for leg in req.legs]
-                _check_floors(legs, state, reserve=True)
-                expires_at = stamp + timedelta(seconds=req.timeout_s) if req.timeout_s else None
-                entry = write(tid, "pending", None, None, body_json, fp, legs, expires_at)
-                p = PendingState(tid, tuple((leg.account_id, leg.amount_pence) for leg in req.legs), expires_at)
-                pend[tid] = p
-                plan.new_pendings.append(p)
-                plan.outcomes.append(Outcome(tid, "pending", entry.seq, entry.hash))
-            else:  # post_pending, void_pending
-                assert req.pending_id is not None
-                p = pend.get(req.pending_id)
-                if p is None:
-                    raise _Refused(f"no pending transfer {req.pending_id}")
-                if p.status == "pending" and p.expires_at is not None and p.expires_at <= stamp:
-                    exp = expire(p)
-                    plan.expiries.append((p.transfer_id, exp.seq, exp.hash))
-                    p = pend[req.pending_id]
-                if p.status == "expired":
-                    raise _Refused("pending expired")
-                if p.status != "pending":
-                    raise _Refused(f"pending transfer {req.pending_id} is already {p.status}")
-                if kind == "void_pending":
-                    legs = [(a, 0, -amt) for a, amt in p.legs]
-                    new_status = "voided"
-                else:
-                    posted = _partial_amounts(req, p) if req.legs else dict(p.legs)
-                    legs = [(a, posted.get(a, 0), -amt) for a, amt in p.legs]
-                    new_status = "posted"
-                entry = write(tid, kind, req.pending_id, None, body_json, fp, legs, None)
-                pend[p.transfer_id] = PendingState(p.transfer_id, p.legs, p.expires_at, new_status)  # type: ignore[arg-type]
-                plan.resolved_pendings[p.transfer_id] = (new_status, entry.seq)
-                if kind == "post_pending":
-                    written[tid] = entry
-                plan.outcomes.append(Outcome(tid, STATUS_OF_KIND[kind], entry.seq, entry.hash))
+            self.check_dated(req)
+            _check_range(req, self.state)
+            if req.kind == "posted":
+                self.posted(req, body_json, fp)
+            elif req.kind == "pending":
+                self.pending(req, body_json, fp)
+            else:
+                self.resolve(req, body_json, fp)
         except _Refused as why:
             reason = str(why)
-            plan.rejections.append(Rejection(tid, fp, body_json, reason))
-            seen[tid] = ExistingEntry(None, fp, None, body_json, "rejected", reason)
-            plan.outcomes.append(Outcome(tid, "rejected", reason=reason))
-    for account, d in plan.deltas.items():
-        s = state[account]
-        check(s[1] >= 0 and s[2] >= 0, f"{account}: pending amounts must never be negative")
-    check(sum(d[0] for d in plan.deltas.values()) == 0, "a batch's posted changes must sum to zero")
-    check(sum(d[2] - d[1] for d in plan.deltas.values()) == 0, "a batch's pending changes must sum to zero")
-    return plan
+            self.plan.rejections.append(Rejection(tid, fp, body_json, reason))
+            self.seen[tid] = ExistingEntry(None, fp, None, body_json, "rejected", reason)
+            self.plan.outcomes.append(Outcome(tid, "rejected", reason=reason))
+
+    def check_dated(self, req: TransferRequested) -> None:
+        """An entry counts in the period of its accounting date, which must be open: a closed
+        period's books are signed and final, so a correction posts in an open period and names
+        the original (``reverses``, or the cause's note)."""
+        day = accounting_date(self.stamp, req.value_date)
+        if day > self.today:
+            raise _Refused(f"value_date {day.isoformat()} is in the future (today is {self.today.isoformat()} in the UK)")
+        if self.closed_through is not None and period_of(day) <= self.closed_through:
+            raise _Refused(f"period {period_of(day)} is closed (the books are closed through {self.closed_through});"
+                           " post the correction in an open period and reference the original")
+
+    def posted(self, req: TransferRequested, body_json: str, fp: str) -> None:
+        legs = [(leg.account_id, leg.amount_pence, 0) for leg in req.legs]
+        if req.reverses is not None:
+            _check_reversal(req, self.origs, self.written, self.plan.reversals)
+        _check_floors(legs, self.state, reserve=False)
+        entry = self.write(req.transfer_id, "posted", None, req.reverses, body_json, fp, legs, None, req.value_date)
+        self.written[req.transfer_id] = entry
+        if req.reverses is not None:
+            self.plan.reversals[req.reverses] = req.transfer_id
+        self.plan.outcomes.append(Outcome(req.transfer_id, "posted", entry.seq, entry.hash))
+
+    def pending(self, req: TransferRequested, body_json: str, fp: str) -> None:
+        legs = [(leg.account_id, 0, leg.amount_pence) for leg in req.legs]
+        _check_floors(legs, self.state, reserve=True)
+        expires_at = self.stamp + timedelta(seconds=req.timeout_s) if req.timeout_s else None
+        entry = self.write(req.transfer_id, "pending", None, None, body_json, fp, legs, expires_at, req.value_date)
+        p = PendingState(req.transfer_id, tuple((leg.account_id, leg.amount_pence) for leg in req.legs), expires_at)
+        self.pend[req.transfer_id] = p
+        self.plan.new_pendings.append(p)
+        self.plan.outcomes.append(Outcome(req.transfer_id, "pending", entry.seq, entry.hash))
+
+    def resolve(self, req: TransferRequested, body_json: str, fp: str) -> None:
+        """post_pending or void_pending: resolves a pending transfer once, unless it expired."""
+        check(req.pending_id is not None, "the contract requires pending_id for post_pending and void_pending")
+        assert req.pending_id is not None
+        p = self.pend.get(req.pending_id)
+        if p is None:
+            raise _Refused(f"no pending transfer {req.pending_id}")
+        if p.status == "pending" and p.expires_at is not None and p.expires_at <= self.stamp:
+            exp = self.expire(p)
+            self.plan.expiries.append((p.transfer_id, exp.seq, exp.hash))
+            p = self.pend[req.pending_id]
+        if p.status == "expired":
+            raise _Refused("pending expired")
+        if p.status != "pending":
+            raise _Refused(f"pending transfer {req.pending_id} is already {p.status}")
+        if req.kind == "void_pending":
+            legs = [(a, 0, -amt) for a, amt in p.legs]
+            new_status = "voided"
+        else:
+            posted = _partial_amounts(req, p) if req.legs else dict(p.legs)
+            legs = [(a, posted.get(a, 0), -amt) for a, amt in p.legs]
+            new_status = "posted"
+        entry = self.write(req.transfer_id, req.kind, req.pending_id, None, body_json, fp, legs, None, req.value_date)
+        self.pend[p.transfer_id] = PendingState(p.transfer_id, p.legs, p.expires_at, new_status)  # type: ignore[arg-type]
+        self.plan.resolved_pendings[p.transfer_id] = (new_status, entry.seq)
+        if req.kind == "post_pending":
+            self.written[req.transfer_id] = entry
+        self.plan.outcomes.append(Outcome(req.transfer_id, STATUS_OF_KIND[req.kind], entry.seq, entry.hash))
+
+    def finish(self) -> BatchPlan:
+        plan = self.plan
+        for account in plan.deltas:
+            s = self.state[account]
+            check(s[1] >= 0 and s[2] >= 0, f"{account}: pending amounts must never be negative")
+        check(sum(d[0] for d in plan.deltas.values()) == 0, "a batch's posted changes must sum to zero")
+        check(sum(d[2] - d[1] for d in plan.deltas.values()) == 0, "a batch's pending changes must sum to zero")
+        return plan
+
+
+def _repeat(tid: str, prior: ExistingEntry, fp: str, body_json: str) -> Outcome:
+    """The same id again: the original decision when the fields match, else a conflict naming them."""
+    if prior.fingerprint == fp:
+        return Outcome(tid, "duplicate", prior.seq, prior.hash, prior.reason, prior.status)
+    fields = differing_fields(json.loads(prior.request_json), json.loads(body_json))
+    return Outcome(tid, "conflict", prior.seq, prior.hash, f"transfer_id already used with different {', '.join(fields) or 'fields'}",
+                   prior.status)
+
+
+def plan_batch(
+    requests: Sequence[Command],
+    *,
+    balances: Mapping[str, AccountState],
+    existing: Mapping[str, ExistingEntry],
+    pendings: Mapping[str, PendingState] | None = None,
+    originals: Mapping[str, PostedOriginal] | None = None,
+    head_seq: int,
+    head_hash: str,
+    now: datetime,
+    closed_through: str | None = None,
+) -> BatchPlan:
+    """Decide the outcome of each request in order and the entries and balance changes to write.
+
+    - same id, same fields as an earlier decision: ``duplicate`` (the original decision);
+    - same id, different fields: ``conflict`` naming the fields, nothing written;
+    - a request that breaks a rule (floor, unknown or resolved pending, bad partial post, bad
+      reversal): ``rejected`` with the reason, kept so a retry gets the same answer;
+    - a request dated (``value_date``, else today in the UK) in the future or in a period closed
+      through ``closed_through`` is ``rejected`` too;
+    - otherwise the next entry in the hash chain, stamped ``now``.
+    A post or void naming an expired pending first writes its expiry entry, then is refused with
+    "pending expired". Balance changes are aggregated per account over the batch, so a hot
+    account (a regional fund) gets one update per batch however many transfers land in it.
+    """
+    check(now.tzinfo is not None, "entry times must be time-zone aware")
+    planner = _Planner(balances=balances, existing=existing, pendings=pendings or {}, originals=originals or {},
+                       head_seq=head_seq, head_hash=head_hash, stamp=now.astimezone(timezone.utc),
+                       closed_through=closed_through)
+    for req in requests:
+        if isinstance(req, Expire):
+            planner.expiry(req)
+        else:
+            planner.request(req)
+    return planner.finish()
 
 
 def _check_range(req: TransferRequested, state: Mapping[str, list[int]]) -> None:
@@ -604,61 +523,8 @@ def _check_reversal(req: TransferRequested, origs: Mapping[str, PostedOriginal],
         raise _Refused(f"a reversal's legs must be the exact negation of {req.reverses}'s")
 
 
-# ---------------------------------------------------------------------------------------------
-# Verification
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChainRow:
-    seq: int
-    transfer_id: str
-    kind: str
-    request_json: str
-    legs: Sequence[Sequence[Any]]  # [account_id, amount_pence, pending_pence, balance_after, pdeb_after, pcred_after]
-    posted_at: datetime
-    expires_at: datetime | None
-    prev_hash: str
-    hash: str
-
-
 def chain_row_of(e: PlannedEntry) -> ChainRow:
     return ChainRow(e.seq, e.transfer_id, e.kind, e.request_json,
                     [[leg.account_id, leg.amount_pence, leg.pending_pence, leg.balance_after_pence,
                       leg.pending_debits_after_pence, leg.pending_credits_after_pence] for leg in e.legs],
                     e.posted_at, e.expires_at, e.prev_hash, e.hash)
-
-
-def verify_chain(rows: Sequence[ChainRow], *, start_hash: str = GENESIS_HASH, start_seq: int = 0,
-                 running: dict[str, list[int]] | None = None) -> tuple[bool, int | None, str]:
-    """Recompute the chain and the per-leg balances; returns (ok, first bad seq or None, why).
-
-    ``running`` carries each account's [posted, pending debits, pending credits] across pages;
-    when given, the stored balances after each leg are checked against the recomputed ones.
-    """
-    prev_hash, prev_seq = start_hash, start_seq
-    for row in rows:
-        if row.seq != prev_seq + 1:
-            return False, row.seq, f"gap: entry {row.seq} follows {prev_seq}"
-        if row.prev_hash != prev_hash:
-            return False, row.seq, f"entry {row.seq} does not link to the hash of entry {prev_seq}"
-        amount_sum = sum(int(leg[1]) for leg in row.legs)
-        if amount_sum != 0:
-            return False, row.seq, f"entry {row.seq} does not balance ({amount_sum} pence)"
-        triples = [[leg[0], int(leg[1]), int(leg[2])] for leg in row.legs]
-        expected = entry_hash(prev_hash, row.seq, row.transfer_id, row.kind, row.request_json, triples,
-                              row.posted_at, row.expires_at)
-        if expected != row.hash:
-            return False, row.seq, f"entry {row.seq} content does not match its hash"
-        if running is not None:
-            reserve = row.kind == "pending"
-            for leg in row.legs:
-                account, amount, pending = leg[0], int(leg[1]), int(leg[2])
-                s = running.setdefault(account, [0, 0, 0])
-                s[0] += amount
-                s[1] += (-pending if pending < 0 else 0) if reserve else (-pending if pending > 0 else 0)
-                s[2] += (pending if pending > 0 else 0) if reserve else (pending if pending < 0 else 0)
-                if len(leg) >= 6 and [int(leg[3]), int(leg[4]), int(leg[5])] != s:
-                    return False, row.seq, f"entry {row.seq}: stored balances after the leg on {account} are wrong"
-                if s[1] < 0 or s[2] < 0:
-                    return False, row.seq, f"entry {row.seq}: pending on {account} goes negative"
-        prev_hash, prev_seq = row.hash, row.seq
-    return True, None, f"{len(rows)} entries verified"

@@ -134,18 +134,16 @@ async def settings_relay_drain(http) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_expiry_sweeps_in_bounded_passes(settings) -> None:
-    from services.ledger import store
-
     settings = settings.model_copy(update={"expiry_interval_ms": 3_600_000})  # no background pass: we drive it
     async with ledger_http(settings) as http:
         await fund(http)
         for i in range(5):
             await http.post("/v1/transfers", json=body(f"p{i}", ("fund:Y56", -10), ("provider:RJ1", 10), kind="pending", timeout_s=1))
-        pool = http._transport.app.state.runtime.pool  # type: ignore[attr-defined]
+        handlers = http._transport.app.state.runtime.handlers  # type: ignore[attr-defined]
         later = datetime.now(timezone.utc) + timedelta(seconds=5)
-        first = await store.expire_due(pool, limit=3, now=later)
-        second = await store.expire_due(pool, limit=3, now=later)
-        third = await store.expire_due(pool, limit=3, now=later)
+        first = await handlers.expire_due(limit=3, now=later)
+        second = await handlers.expire_due(limit=3, now=later)
+        third = await handlers.expire_due(limit=3, now=later)
         assert (len(first), len(second), third) == (3, 2, [])
         assert {o.transfer_id for o in first + second} == {f"manual:p{i}" for i in range(5)}
         assert (await bal(http, "fund:Y56"))["pending_debits_pence"] == 0
@@ -348,6 +346,6 @@ async def test_out_of_range_input_is_a_client_error_not_a_crash(settings) -> Non
 
 
 def store_cursor(*parts) -> str:  # type: ignore[no-untyped-def]
-    from services.ledger.store import encode_cursor
+    from services.ledger.queries import encode_cursor
 
     return encode_cursor(*parts)

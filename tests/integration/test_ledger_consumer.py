@@ -108,18 +108,18 @@ async def test_restart_mid_batch_loses_nothing_and_doubles_nothing(settings, kaf
 
     # First instance: let two batches commit, then hang inside the third batch's transaction
     # (its entries are written but not committed) and shut the instance down there.
-    real_enqueue = store._enqueue_events
+    real_enqueue = store.enqueue
     calls = {"n": 0}
     stuck = asyncio.Event()
 
-    async def enqueue_then_hang(conn, plan, batch, stamp):  # type: ignore[no-untyped-def]
-        await real_enqueue(conn, plan, batch, stamp)
+    async def enqueue_then_hang(conn, rows):  # type: ignore[no-untyped-def]
+        await real_enqueue(conn, rows)
         calls["n"] += 1
         if calls["n"] == 3:
             stuck.set()
             await asyncio.Event().wait()  # never returns: the process "dies" here
 
-    monkeypatch.setattr(store, "_enqueue_events", enqueue_then_hang)
+    monkeypatch.setattr(store, "enqueue", enqueue_then_hang)
     first = settings.model_copy(update={"batch_max_records": 100})
     await publish(kafka_bootstrap, LEDGER_TRANSFER_REQUESTS.name, msgs)
     async with ledger_http(first) as http:
@@ -130,7 +130,7 @@ async def test_restart_mid_batch_loses_nothing_and_doubles_nothing(settings, kaf
         finally:
             await conn.close()
         assert 0 < committed < n  # some batches committed, the stuck one not
-    monkeypatch.setattr(store, "_enqueue_events", real_enqueue)
+    monkeypatch.setattr(store, "enqueue", real_enqueue)
 
     # Second instance, same consumer group: resumes from the last committed offsets.
     # (Other tests in this module share the topic; this one's accounts are its own.)

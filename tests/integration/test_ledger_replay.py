@@ -11,7 +11,11 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from services.ledger import store
+from services.ledger import queries
+from services.ledger.handlers import LedgerHandlers
+from services.ledger.ports import Submitted
+from services.ledger.store import LedgerTx
+from shared.uow import PgUnitOfWork
 from shared import db
 from tests.unit.test_ledger_domain import STEP, STREAM_START, T0, Ledger, play, random_stream, req
 
@@ -36,14 +40,19 @@ async def dump(conn: asyncpg.Connection) -> dict[str, str]:
     return out
 
 
+def handlers(pool: asyncpg.Pool) -> LedgerHandlers:
+    """The ledger's one write path on this pool (as the service builds it)."""
+    return LedgerHandlers(PgUnitOfWork(pool, LedgerTx))
+
+
 async def feed(pool: asyncpg.Pool, stream: list, *, start=T0) -> None:  # type: ignore[no-untyped-def]
     now = start
     for item in stream:
         if item == "tick":
             now += STEP
-            await store.expire_due(pool, now=now)
+            await handlers(pool).expire_due(limit=500, now=now)
         else:
-            await store.post_batch(pool, [store.Submitted(r, f"c-{r.transfer_id}", None) for r in item], now=now)
+            await handlers(pool).post([Submitted(r, f"c-{r.transfer_id}", None) for r in item], now=now)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -54,11 +63,11 @@ async def test_replaying_a_stream_into_postgres_changes_nothing(database, seed: 
         async with pool.acquire() as conn:
             await db.migrate(conn, "shared", "services.ledger")
         opening = req("opening", "posted", tuple(sorted(STREAM_START.items())))
-        await store.post_batch(pool, [store.Submitted(opening, "c-opening", None)], now=T0 - STEP)
+        await handlers(pool).post([Submitted(opening, "c-opening", None)], now=T0 - STEP)
         await feed(pool, stream)
         async with pool.acquire() as conn:
             first = await dump(conn)
-            verify = await store.verify(conn)
+            verify = await queries.verify(conn)
         assert verify["ok"], verify
 
         # The pure core, fed the same stream with the same clock, reaches the same chain head.
@@ -70,13 +79,13 @@ async def test_replaying_a_stream_into_postgres_changes_nothing(database, seed: 
 
         # Replay everything (the same batches, at-least-once) into the same ledger: no change at all.
         await feed(pool, stream)
-        await store.post_batch(pool, [store.Submitted(opening, "c-opening", None)], now=T0)
+        await handlers(pool).post([Submitted(opening, "c-opening", None)], now=T0)
         async with pool.acquire() as conn:
             second = await dump(conn)
         for table in TABLES:
             assert second[table] == first[table], table
         # And the outcomes are the originals: every replayed request was a duplicate.
-        again = await store.post_batch(pool, [store.Submitted(r, "c", None) for item in stream if item != "tick" for r in item],
+        again = await handlers(pool).post([Submitted(r, "c", None) for item in stream if item != "tick" for r in item],
                                        now=T0 + timedelta(seconds=1))
         assert {o.status for o in again} <= {"duplicate", "conflict"}
     finally:

@@ -3,6 +3,7 @@ reversals, kept rejections, the hash chain, and replay determinism over random s
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -11,27 +12,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.domain import (
+from services.ledger.chain import (
     GENESIS_HASH,
-    STATUS_OF_KIND,
-    AccountState,
-    BatchPlan,
     ChainRow,
-    ExistingEntry,
     Expire,
-    PendingState,
-    PlannedEntry,
-    PostedOriginal,
     canonical,
-    chain_row_of,
-    account_floor,
-    account_type,
     differing_fields,
     entry_hash,
     fingerprint,
-    plan_batch,
-    transfer_body,
+    request_body,
     verify_chain,
+)
+from services.ledger.domain import (
+    STATUS_OF_KIND,
+    AccountState,
+    BatchPlan,
+    ExistingEntry,
+    PendingState,
+    PlannedEntry,
+    PostedOriginal,
+    account_floor,
+    account_type,
+    chain_row_of,
+    plan_batch,
 )
 from shared.contracts import TransferRequested
 from shared.money import InvariantError
@@ -72,9 +75,18 @@ def settle(pid: str, released: int, diverted: int) -> TransferRequested:
 
 def plan(requests: list[TransferRequested], balances: dict[str, int] | None = None, existing: dict[str, ExistingEntry] | None = None,
          head_seq: int = 0, head_hash: str = GENESIS_HASH, posted_at: datetime = T0):  # type: ignore[no-untyped-def]
-    return plan_batch(
-        requests, balances_pence=balances or {}, existing=existing or {}, head_seq=head_seq, head_hash=head_hash, posted_at=posted_at
-    )
+    """plan_batch with posted balances in pence (the accounts' pending columns at zero)."""
+    return plan_batch(requests, balances={a: AccountState(p) for a, p in (balances or {}).items()}, existing=existing or {},
+                      head_seq=head_seq, head_hash=head_hash, now=posted_at)
+
+
+def deltas(p: BatchPlan) -> dict[str, int]:
+    """Posted balance changes per account touched by the batch's entries."""
+    return {a: d[0] for a, d in p.deltas.items()}
+
+
+def triples(e: PlannedEntry) -> list[list[Any]]:
+    return [[leg.account_id, leg.amount_pence, leg.pending_pence] for leg in e.legs]
 
 
 def rows_of(entries: list[PlannedEntry]) -> list[ChainRow]:
@@ -123,8 +135,8 @@ def test_fingerprint_ignores_leg_order_and_transfer_id() -> None:
     b = tr("t2", ("fund:Y56", 3), ("held:RJ1", -5), ("provider:RJ1", 2))
     assert fingerprint(a) == fingerprint(b)
     assert len(fingerprint(a)) == 64 and int(fingerprint(a), 16) >= 0
-    assert transfer_body(a) == transfer_body(b)
-    assert transfer_body(a)["legs"] == [["fund:Y56", 3], ["held:RJ1", -5], ["provider:RJ1", 2]]
+    assert request_body(a) == request_body(b)
+    assert request_body(a)["legs"] == [["fund:Y56", 3], ["held:RJ1", -5], ["provider:RJ1", 2]]
 
 
 def test_fingerprint_depends_on_amounts_accounts_and_cause() -> None:
@@ -148,7 +160,7 @@ def test_differing_fields() -> None:
 
 
 def test_entry_hash_is_deterministic_and_sensitive_to_every_input() -> None:
-    body = canonical(transfer_body(tr("t1", ("held:RJ1", -5), ("provider:RJ1", 5))))
+    body = canonical(request_body(tr("t1", ("held:RJ1", -5), ("provider:RJ1", 5))))
     legs = [["held:RJ1", -5, 0], ["provider:RJ1", 5, 0]]
     h = entry_hash(GENESIS_HASH, 1, "t1", "posted", body, legs, T0)
     assert h == entry_hash(GENESIS_HASH, 1, "t1", "posted", body, [list(x) for x in legs], T0)
@@ -171,7 +183,7 @@ def test_entry_hash_is_deterministic_and_sensitive_to_every_input() -> None:
 # ---------------------------------------------------------------------------------------------
 def test_empty_batch_changes_nothing() -> None:
     p = plan([], head_seq=7, head_hash="a" * 64)
-    assert (p.entries, p.deltas_pence, p.outcomes, p.head_seq, p.head_hash) == ([], {}, [], 7, "a" * 64)
+    assert (p.entries, deltas(p), p.outcomes, p.head_seq, p.head_hash) == ([], {}, [], 7, "a" * 64)
 
 
 def test_single_transfer_posts_as_next_entry() -> None:
@@ -181,11 +193,11 @@ def test_single_transfer_posts_as_next_entry() -> None:
     e = p.entries[0]
     assert (e.seq, e.transfer_id, e.prev_hash, e.posted_at) == (42, "hold:p1", "f" * 64, T0)
     assert e.fingerprint == fingerprint(req)
-    assert e.hash == entry_hash("f" * 64, 42, "hold:p1", "posted", canonical(transfer_body(req)), e.leg_triples, T0)
-    assert e.kind == "posted" and e.request == transfer_body(req)
+    assert e.hash == entry_hash("f" * 64, 42, "hold:p1", "posted", canonical(request_body(req)), triples(e), T0)
+    assert e.kind == "posted" and json.loads(e.request_json) == request_body(req)
     assert p.outcomes[0].status == "posted" and p.outcomes[0].entry_seq == 42 and p.outcomes[0].entry_hash == e.hash
     assert (p.head_seq, p.head_hash) == (42, e.hash)
-    assert p.deltas_pence == {"commissioner:QWE": -100_000, "provider:RJ1": 90_000, "held:RJ1": 10_000}
+    assert deltas(p) == {"commissioner:QWE": -100_000, "provider:RJ1": 90_000, "held:RJ1": 10_000}
 
 
 def test_entries_chain_together_within_a_batch() -> None:
@@ -198,13 +210,13 @@ def test_entries_chain_together_within_a_batch() -> None:
 
 def test_deltas_aggregate_per_account() -> None:
     p = plan([hold("p1"), hold("p2"), settle("p1", 7_000, 3_000)])
-    assert p.deltas_pence == {
+    assert deltas(p) == {
         "commissioner:QWE": -200_000,
         "provider:RJ1": 187_000,
         "held:RJ1": 10_000,
         "fund:Y56": 3_000,
     }
-    assert sum(p.deltas_pence.values()) == 0
+    assert sum(deltas(p).values()) == 0
 
 
 def test_duplicate_within_batch_is_a_success_writing_nothing() -> None:
@@ -213,16 +225,16 @@ def test_duplicate_within_batch_is_a_success_writing_nothing() -> None:
     assert p.outcomes[1].entry_seq == p.outcomes[0].entry_seq == 1
     assert p.outcomes[1].entry_hash == p.outcomes[0].entry_hash
     assert len(p.entries) == 1
-    assert p.deltas_pence["held:RJ1"] == 10_000
+    assert deltas(p)["held:RJ1"] == 10_000
 
 
 def test_duplicate_against_existing_entry() -> None:
     first = plan([hold("p1")])
-    again = plan([hold("p1")], balances=apply({}, first.deltas_pence), existing=existing_of(first.entries),
+    again = plan([hold("p1")], balances=apply({}, deltas(first)), existing=existing_of(first.entries),
                  head_seq=first.head_seq, head_hash=first.head_hash)
     assert [o.status for o in again.outcomes] == ["duplicate"]
     assert again.outcomes[0].entry_seq == 1 and again.outcomes[0].entry_hash == first.head_hash
-    assert again.entries == [] and again.deltas_pence == {}
+    assert again.entries == [] and deltas(again) == {}
     assert (again.head_seq, again.head_hash) == (first.head_seq, first.head_hash)
 
 
@@ -235,13 +247,13 @@ def test_duplicate_with_legs_in_another_order_is_still_a_duplicate() -> None:
 def test_conflict_names_the_differing_field_and_writes_nothing() -> None:
     first = plan([hold("p1")])
     changed = hold("p1", amount=100_001)
-    p = plan([changed], balances=apply({}, first.deltas_pence), existing=existing_of(first.entries),
+    p = plan([changed], balances=apply({}, deltas(first)), existing=existing_of(first.entries),
              head_seq=first.head_seq, head_hash=first.head_hash)
     (o,) = p.outcomes
     assert o.status == "conflict"
     assert o.reason == "transfer_id already used with different legs"
     assert o.entry_seq == 1 and o.entry_hash == first.head_hash
-    assert p.entries == [] and p.deltas_pence == {}
+    assert p.entries == [] and deltas(p) == {}
 
 
 def test_conflict_on_cause_within_batch() -> None:
@@ -259,7 +271,7 @@ def test_held_account_cannot_go_below_zero() -> None:
     assert o.status == "rejected"
     assert o.reason == "held:RJ1 would fall to -10000 pence, below its floor of 0"
     assert o.entry_seq is None and o.entry_hash is None
-    assert p.entries == [] and p.deltas_pence == {} and p.head_seq == 0
+    assert p.entries == [] and deltas(p) == {} and p.head_seq == 0
 
 
 def test_fund_account_cannot_go_below_zero_but_can_reach_it() -> None:
@@ -267,19 +279,19 @@ def test_fund_account_cannot_go_below_zero_but_can_reach_it() -> None:
     assert plan([pay_out], balances={"fund:Y56": 499}).outcomes[0].status == "rejected"
     ok = plan([pay_out], balances={"fund:Y56": 500})
     assert ok.outcomes[0].status == "posted"
-    assert apply({"fund:Y56": 500}, ok.deltas_pence)["fund:Y56"] == 0
+    assert apply({"fund:Y56": 500}, deltas(ok))["fund:Y56"] == 0
 
 
 def test_commissioner_and_provider_have_no_floor() -> None:
     p = plan([tr("t1", ("commissioner:QWE", -10**9), ("provider:RJ1", 10**9)), tr("t2", ("provider:RJ1", -2 * 10**9), ("commissioner:QWE", 2 * 10**9))])
     assert [o.status for o in p.outcomes] == ["posted", "posted"]
-    assert p.deltas_pence == {"commissioner:QWE": 10**9, "provider:RJ1": -(10**9)}
+    assert deltas(p) == {"commissioner:QWE": 10**9, "provider:RJ1": -(10**9)}
 
 
 def test_floor_uses_running_balance_within_the_batch() -> None:
     in_order = plan([hold("p1"), settle("p1", 7_000, 3_000)])
     assert [o.status for o in in_order.outcomes] == ["posted", "posted"]
-    assert in_order.deltas_pence["held:RJ1"] == 0
+    assert deltas(in_order)["held:RJ1"] == 0
     reversed_order = plan([settle("p1", 7_000, 3_000), hold("p1")])
     assert [o.status for o in reversed_order.outcomes] == ["rejected", "posted"]
 
@@ -294,7 +306,7 @@ def test_a_rejection_is_kept_so_a_retry_gets_the_same_answer() -> None:
     assert second.outcomes[1].original_status == "rejected" and second.outcomes[1].event_status == "rejected"
     assert second.outcomes[1].reason == first.outcomes[0].reason
     # A new id is a new decision.
-    third = plan([settle("p1b", 7_000, 3_000)], balances=apply({}, second.deltas_pence))
+    third = plan([settle("p1b", 7_000, 3_000)], balances=apply({}, deltas(second)))
     assert third.outcomes[0].status == "posted"
 
 
@@ -429,8 +441,8 @@ def test_plan_batch_properties(batch: tuple[list[TransferRequested], dict[str, i
     assert [o.status for o in p.outcomes] == expected_statuses
 
     # Balance deltas sum to zero and match the posted requests.
-    assert sum(p.deltas_pence.values()) == 0
-    final = apply(balances, p.deltas_pence)
+    assert sum(deltas(p).values()) == 0
+    final = apply(balances, deltas(p))
     assert final == expected_balances
 
     # Floors hold after every single posted entry, not just at the end.
@@ -464,11 +476,11 @@ def test_plan_batch_properties(batch: tuple[list[TransferRequested], dict[str, i
     # Replaying the posted requests against the resulting state gives only duplicates.
     again = plan(posted, balances=final, existing=existing_of(p), head_seq=p.head_seq, head_hash=p.head_hash)
     assert all(o.status == "duplicate" for o in again.outcomes)
-    assert again.entries == [] and again.deltas_pence == {}
+    assert again.entries == [] and deltas(again) == {}
     assert (again.head_seq, again.head_hash) == (p.head_seq, p.head_hash)
     # Replaying everything never posts anything that was already posted, and never changes history.
     replay_all = plan(requests, balances=final, existing=existing_of(p), head_seq=p.head_seq, head_hash=p.head_hash)
-    assert replay_all.entries == [] and replay_all.deltas_pence == {} and replay_all.rejections == []
+    assert replay_all.entries == [] and deltas(replay_all) == {} and replay_all.rejections == []
     for o_first, o_again in zip(p.outcomes, replay_all.outcomes):
         if o_first.status in ("posted", "rejected"):
             assert o_again.status == "duplicate" and o_again.entry_seq == o_first.entry_seq
@@ -482,11 +494,11 @@ def test_splitting_a_batch_gives_the_same_ledger(batch: tuple[list[TransferReque
     cut = data.draw(st.integers(0, len(requests)))
     whole = plan(requests, balances=balances, head_seq=head_seq, head_hash=head_hash)
     first = plan(requests[:cut], balances=balances, head_seq=head_seq, head_hash=head_hash)
-    second = plan(requests[cut:], balances=apply(balances, first.deltas_pence), existing=existing_of(first),
+    second = plan(requests[cut:], balances=apply(balances, deltas(first)), existing=existing_of(first),
                   head_seq=first.head_seq, head_hash=first.head_hash)
     assert first.outcomes + second.outcomes == whole.outcomes
     assert first.entries + second.entries == whole.entries
-    assert apply(apply(balances, first.deltas_pence), second.deltas_pence) == apply(balances, whole.deltas_pence)
+    assert apply(apply(balances, deltas(first)), deltas(second)) == apply(balances, deltas(whole))
     assert (second.head_seq, second.head_hash) == (whole.head_seq, whole.head_hash)
     rows = rows_of(first.entries + second.entries)
     assert verify_chain(rows, start_hash=head_hash, start_seq=head_seq)[0]
@@ -528,7 +540,7 @@ def test_pending_reserves_without_moving_posted_balances() -> None:
     assert o.status == "pending" and o.event_status == "pending"
     (e,) = p.entries
     assert e.kind == "pending" and e.expires_at == T0 + timedelta(seconds=60)
-    assert e.leg_triples == [["fund:Y56", 0, -600], ["provider:RJ1", 0, 600]]
+    assert triples(e) == [["fund:Y56", 0, -600], ["provider:RJ1", 0, 600]]
     assert state_after(p, FUNDED) == {"fund:Y56": (1_000, 600, 0), "provider:RJ1": (0, 0, 600)}
     assert [(leg.balance_after_pence, leg.pending_debits_after_pence) for leg in e.legs] == [(1_000, 600), (0, 0)]
     assert p.new_pendings == [PendingState("g1", (("fund:Y56", -600), ("provider:RJ1", 600)), T0 + timedelta(seconds=60))]
@@ -559,8 +571,8 @@ def test_post_pending_in_full_in_part_and_void() -> None:
              req("g1-again", "post_pending", pending_id="g1")], bal, pend)
     assert [o.status for o in p.outcomes] == ["posted", "voided", "rejected"]
     assert p.outcomes[2].reason == "pending transfer g1 is already posted"
-    assert p.entries[0].leg_triples == [["fund:Y56", -250, 600], ["provider:RJ1", 250, -600]]
-    assert p.entries[1].leg_triples == [["fund:Y56", 0, 300], ["provider:RJ1", 0, -300]]
+    assert triples(p.entries[0]) == [["fund:Y56", -250, 600], ["provider:RJ1", 250, -600]]
+    assert triples(p.entries[1]) == [["fund:Y56", 0, 300], ["provider:RJ1", 0, -300]]
     # The remainder (350) went back: only the posted part moved, nothing stays reserved.
     assert state_after(p, bal) == {"fund:Y56": (750, 0, 0), "provider:RJ1": (250, 0, 0)}
     assert p.resolved_pendings == {"g1": ("posted", 1), "g2": ("voided", 2)}
@@ -593,7 +605,7 @@ def test_a_late_post_expires_the_pending_first_and_is_refused() -> None:
     late = run([req("g1-post", "post_pending", pending_id="g1")], bal, pendings_of(first), now=T0 + timedelta(seconds=30))
     assert [(o.status, o.reason) for o in late.outcomes] == [("rejected", "pending expired")]
     (e,) = late.entries
-    assert (e.kind, e.transfer_id, e.leg_triples) == ("expire", "g1~expired", [["fund:Y56", 0, 600], ["provider:RJ1", 0, -600]])
+    assert (e.kind, e.transfer_id, triples(e)) == ("expire", "g1~expired", [["fund:Y56", 0, 600], ["provider:RJ1", 0, -600]])
     assert late.expiries == [("g1", e.seq, e.hash)]
     assert late.resolved_pendings == {"g1": ("expired", e.seq)}
     assert state_after(late, bal)["fund:Y56"] == (1_000, 0, 0)
@@ -837,14 +849,14 @@ def test_batch_boundaries_do_not_change_the_ledger(rng: Any, n_ops: int, data: s
 def test_fast_request_json_is_the_canonical_form() -> None:
     import random
 
-    from services.ledger.domain import request_json
+    from services.ledger.chain import request_json
 
     reqs = [r for item in random_stream(random.Random(5), 300) if item != "tick" for r in item]  # type: ignore[union-attr]
     reqs += [req("u", "posted", (("fund:Y56", -1), ("provider:RJ1", 1)), cause={"kind": "manual", "note": "caf\u00e9 \"quoted\" \\ x"}),
              req("p", "pending", GRANT, timeout_s=30), req("e", "void_pending", pending_id="p")]
     for r in reqs:
-        assert request_json(r) == canonical(transfer_body(r))
-    assert request_json(Expire("p")) == canonical(transfer_body(Expire("p")))
+        assert request_json(r) == canonical(request_body(r))
+    assert request_json(Expire("p")) == canonical(request_body(Expire("p")))
 
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
@@ -861,7 +873,7 @@ _REF = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@\-]{0,30}", fullmatch=True)
               "scheme_version": st.integers(1, 10**6), "settlement_id": _REF, "appeal_id": _REF, "note": _TEXT}))
 def test_fast_cause_json_is_the_canonical_form(cause: dict[str, Any]) -> None:
     """The hand-built cause (hashed into every entry) spells exactly what the general form does."""
-    from services.ledger.domain import _cause_json
+    from services.ledger.chain import cause_json as _cause_json
     from shared.contracts import TransferCause
 
     model = TransferCause.model_validate(cause)
@@ -871,7 +883,7 @@ def test_fast_cause_json_is_the_canonical_form(cause: dict[str, Any]) -> None:
 @given(st.lists(st.tuples(st.sampled_from(["fund:Y56", "provider:RJ1", "held:R\u00e9"]), st.integers(-10**15, 10**15),
                           st.integers(-10**15, 10**15)), max_size=5), st.integers(2, 4))
 def test_fast_legs_json_is_the_canonical_form(legs: list[tuple[str, int, int]], arity: int) -> None:
-    from services.ledger.domain import _legs_json
+    from services.ledger.chain import legs_json as _legs_json
 
     cut = [leg[:arity] if arity <= 3 else (*leg, 7) for leg in legs]
     assert _legs_json(cut) == canonical([list(leg) for leg in cut])
