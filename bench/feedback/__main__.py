@@ -2,7 +2,7 @@
 
 ``python -m bench.feedback [--quick]`` (``make bench-feedback``):
 
-1. infrastructure from ``shared/devstack.py`` (``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when
+1. infrastructure from ``devtools/stack.py`` (``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when
    set, else the embedded Tansu broker and PostgreSQL) and a throwaway database;
 2. the feedback service as a real process (``python -m services.feedback``: uvicorn, migrations,
    Kafka intake, outbox relay) and, beside it, a bare FastAPI endpoint served by uvicorn the same
@@ -35,10 +35,10 @@ import asyncpg
 import httpx
 
 from bench.relay import stop_process
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from shared.auth import bearer_headers
 from shared.db import ensure_database
-from shared.devstack import ROOT, ServiceProcess, free_port, start_infra, wait_for_port
+from devtools.stack import ROOT, ServiceProcess, free_port, start_infra, wait_for_port
 
 PROVIDERS = ("RJ1", "RRV", "RTD", "R0A", "RX1", "RYJ", "RAL", "RM1")
 AUTHORED = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()

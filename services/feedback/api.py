@@ -1,26 +1,32 @@
-"""The feedback service's HTTP API for app backends: JSON (single and batch), FHIR, reports."""
+"""The feedback service's HTTP API for app backends: JSON (single and batch), FHIR, reports.
+
+The write routes are adapters: they parse, admit (``admit``: 422 for what no channel accepts, 403
+for another trust's feedback) and hand commands to ``handlers.AcceptSubmissions``, the one write
+path; they turn its outcomes into statuses (202 created, 200 duplicate, 409 conflict)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from services.feedback import domain, fhir, store
+from services.feedback import admission, domain, fhir, queries
+from services.feedback.decisions import Accepted, Channel, Conflict, Outcome
+from services.feedback.handlers import AcceptSubmissions, SubmitFeedback
 from shared.auth import principal_of
+from shared.consumer import TRANSIENT_ERRORS
 from shared.contracts import PeriodCode
 from shared.http import PROBLEM_RESPONSES, Problem, clean_message, problem
 from shared.logging import correlation_id_var
-from shared.outbox import enqueue
 from shared.reach import Reach, reach_of
-from shared.service import BATCH_RACE_RETRIES
+from shared.uow import Raced
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
 
 FHIR_JSON = "application/fhir+json"
 MAX_FHIR_BODY_BYTES = 1_000_000
-BATCH_DEADLOCK_RETRIES = 3
+CONFLICT_MESSAGE = "already used with different content"
 
 
 class AcceptedView(BaseModel):
@@ -70,11 +76,16 @@ class PromReport(BaseModel):
     groups: list[domain.PromGroup]
 
 
-def _errors(exc: ValidationError) -> list[dict[str, str]]:
+# ---------------------------------------------------------------------------------------------
+# Parsing and admission
+# ---------------------------------------------------------------------------------------------
+def _errors(exc: ValidationError, field_name: Callable[[tuple[Any, ...]], str] | None = None) -> list[dict[str, str]]:
     # Never echo input values back: they may hold an NHS number (messages are redacted too).
     # An unexpected key is named in loc, so the field is redacted as well as the message.
-    return [{"field": domain.redact(".".join(str(p) for p in e["loc"])) or "(body)",
-             "message": domain.redact(clean_message(str(e["msg"])))}
+    def name(loc: tuple[Any, ...]) -> str:
+        return field_name(loc) if field_name is not None else ".".join(str(p) for p in loc) or "(body)"
+
+    return [{"field": domain.redact(name(e["loc"])), "message": domain.redact(clean_message(str(e["msg"])))}
             for e in exc.errors()[:20]]
 
 
@@ -104,10 +115,7 @@ def admit(request: Request, sub: domain.Submission, field_name: Callable[[str], 
     """Refuse what no channel accepts (an unknown provider, an implausible authored_at: 422) and
     what this token may not send (another trust's feedback: 403). ``field_name`` maps a
     submission field to the name the client used (the FHIR element)."""
-    rt = request.app.state.runtime
-    window = domain.authored_window(datetime.now(timezone.utc), rt.settings.authored_at_max_age_days,
-                                    rt.settings.authored_at_max_skew_s)
-    refused = domain.admission_refusal(sub, request.app.state.reference, window)
+    refused = admission.refusal(sub, request.app.state.runtime.settings, request.app.state.reference)
     if refused is not None:
         field, why = field_name(refused[0]), refused[1]
         raise Problem(422, "Invalid submission", f"{field}: {why}", errors=[{"field": field, "message": why}])
@@ -116,17 +124,43 @@ def admit(request: Request, sub: domain.Submission, field_name: Callable[[str], 
         raise reach.refuse(field_name("provider_code"), f"provider {sub.provider_code}")
 
 
-async def _accept_one(request: Request, sub: domain.Submission, channel: str) -> store.Accepted:
-    rt = request.app.state.runtime
+# ---------------------------------------------------------------------------------------------
+# Calling the handler
+# ---------------------------------------------------------------------------------------------
+def _handler(request: Request) -> AcceptSubmissions:
+    return request.app.state.accept_submissions
+
+
+def _correlation_id() -> str:
+    # The middleware has made the request's correlation id safe (or minted one).
+    return correlation_id_var.get() or str(uuid.uuid4())
+
+
+async def _accept(request: Request, commands: Sequence[SubmitFeedback]) -> list[Outcome]:
+    """The handler's outcomes; a batch that kept meeting concurrent inserts (after the unit of
+    work's reruns) wrote nothing and may simply be sent again: 503 with Retry-After."""
     try:
-        async with rt.pool.acquire() as conn:
-            async with conn.transaction():
-                return await store.accept(
-                    conn, sub, keys=request.app.state.keyring, channel=channel,
-                    correlation_id=correlation_id_var.get() or str(uuid.uuid4()),
-                )
-    except store.Conflict as exc:
-        raise Problem(409, "Conflict", str(exc), errors=[{"field": "submission_id", "message": "already used with different content"}]) from exc
+        return await _handler(request)(commands)
+    except Raced as exc:
+        raise Problem(503, "Service unavailable", "concurrent requests stored the same submissions; retry the same request",
+                      headers={"Retry-After": "1"}) from exc
+
+
+def _conflict(outcome: Conflict, field: str) -> Problem:
+    return Problem(409, "Conflict", outcome.detail, errors=[{"field": field, "message": CONFLICT_MESSAGE}])
+
+
+async def _accept_one(request: Request, sub: domain.Submission, channel: Channel, id_field: str = "submission_id") -> AcceptedView:
+    """One submission, a batch of one; ``id_field`` names the id as the client sent it (409)."""
+    [outcome] = await _accept(request, [SubmitFeedback(sub, channel, _correlation_id())])
+    if isinstance(outcome, Conflict):
+        raise _conflict(outcome, id_field)
+    return _view(outcome)
+
+
+def _view(outcome: Accepted) -> AcceptedView:
+    return AcceptedView(submission_id=outcome.submission_id, status=outcome.status, is_amendment=outcome.is_amendment,
+                        scores=dict(outcome.scores))
 
 
 DUPLICATE = {200: {"model": AcceptedView, "description": "Duplicate: this submission was already accepted; nothing changed"}}
@@ -144,111 +178,83 @@ async def submit(
 ) -> AcceptedView:
     sub = parse_submission(body, idempotency_key)
     admit(request, sub)
-    accepted = await _accept_one(request, sub, "http")
-    if accepted.status == "duplicate":
+    view = await _accept_one(request, sub, "http")
+    if view.status == "duplicate":
         response.status_code = 200
-    return AcceptedView(**accepted.__dict__)
+    return view
 
 
+# ---------------------------------------------------------------------------------------------
+# Batch
+# ---------------------------------------------------------------------------------------------
 Valid = list[tuple[int, domain.Submission]]  # (index in the request body, submission)
 
 
-def _stored(i: int, sub: domain.Submission, outcome: store.Accepted | store.Conflict) -> BatchItemResult:
-    """An item's result from what the store made of it."""
-    if isinstance(outcome, store.Conflict):
-        return BatchItemResult(index=i, submission_id=sub.submission_id, outcome="conflict", status=409, detail=str(outcome))
-    return BatchItemResult(index=i, submission_id=sub.submission_id, outcome=outcome.status,
-                           status=202 if outcome.status == "created" else 200, result=AcceptedView(**outcome.__dict__))
+@dataclass(frozen=True)
+class FailedInDatabase:
+    """An item that failed in the database when stored on its own: that item's 500, nobody else's."""
+
+    submission_id: str
+    sqlstate: str | None
 
 
-async def _store_set_based(conn: asyncpg.Connection, valid: Valid, keys: domain.Keyring, cid: str) -> dict[int, BatchItemResult]:
-    """Store a batch's valid items in the caller's transaction with ``store.accept_batch`` (a few
-    statements for the whole batch; items in batch order, each with its own ``received_at``)."""
-    items = [store.Incoming(sub, cid) for _, sub in valid]
-    outcomes = await store.accept_batch(conn, items, keys=keys, channel="http-batch")
-    return {i: _stored(i, sub, outcome) for (i, sub), outcome in zip(valid, outcomes)}
+def _item_result(i: int, sub: domain.Submission, outcome: Outcome | FailedInDatabase) -> BatchItemResult:
+    """An item's result from what the handler made of it."""
+    sid = sub.submission_id
+    if isinstance(outcome, FailedInDatabase):
+        # The database's message may quote stored values: the SQLSTATE only.
+        return BatchItemResult(index=i, submission_id=sid, outcome="error", status=500,
+                               detail=f"could not be stored (SQLSTATE {outcome.sqlstate}); retry this item")
+    if isinstance(outcome, Conflict):
+        return BatchItemResult(index=i, submission_id=sid, outcome="conflict", status=409, detail=outcome.detail,
+                               errors=[{"field": "submission_id", "message": CONFLICT_MESSAGE}])
+    return BatchItemResult(index=i, submission_id=sid, outcome=outcome.status,
+                           status=202 if outcome.status == "created" else 200, result=_view(outcome))
 
 
-async def _store_item_by_item(conn: asyncpg.Connection, valid: Valid, keys: domain.Keyring,
-                              cid: str) -> dict[int, BatchItemResult]:
-    """Store a batch's valid items in the caller's transaction, each in its own savepoint, so an item
-    that fails in the database fails alone (outcome ``error``) and the others are stored."""
-    stored: dict[int, BatchItemResult] = {}
-    rows: list[tuple[str, bytes, bytes, str]] = []
-    known = await store.known_submissions(conn, [sub.submission_id for _, sub in valid])
-    # All the batch's locks first, then one clock: received_at in batch order, as on the set path.
-    base = await store.lock_batch(conn, [sub for _, sub in valid], keys)
-    for n, (i, sub) in enumerate(valid):
-        mine: list[tuple[str, bytes, bytes, str]] = []
-        try:
-            async with conn.transaction():
-                a = await store.accept(conn, sub, keys=keys, channel="http-batch", correlation_id=cid, known=known,
-                                       outbox=mine, received_at=base + timedelta(microseconds=n))
-        except store.Conflict as exc:
-            stored[i] = _stored(i, sub, exc)
-            continue
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
-                raise  # the whole transaction is lost: the caller runs it again
-            # The message may quote stored values: report the SQLSTATE only.
-            stored[i] = BatchItemResult(index=i, submission_id=sub.submission_id, outcome="error", status=500,
-                                        detail=f"could not be stored (SQLSTATE {exc.sqlstate}); retry this item")
-            continue
-        rows.extend(mine)
-        stored[i] = _stored(i, sub, a)
-    await enqueue(conn, rows)
-    return stored
+def _failed_in_database(exc: asyncpg.PostgresError) -> bool:
+    """Neither an outage nor a race (the unit of work retried those; then they are a 503)."""
+    return not isinstance(exc, TRANSIENT_ERRORS)
 
 
-StoreFn = Callable[[asyncpg.Connection, Valid, domain.Keyring, str], Awaitable[dict[int, BatchItemResult]]]
+async def _accept_batch(request: Request, commands: list[SubmitFeedback]) -> list[Outcome | FailedInDatabase]:
+    """The batch in one unit of work. Should it fail in the database for another reason (one item
+    breaks a constraint or a trigger), nothing of it was written: each item is then stored as a
+    batch of one, in order, in its own unit of work, so only the failing item fails."""
+    try:
+        return list(await _accept(request, commands))
+    except asyncpg.PostgresError as exc:
+        if not _failed_in_database(exc):
+            raise
+        # (SQLSTATE only: the message may quote submitted values.)
+        log.warning("a batch of %d failed in the database (SQLSTATE %s); storing its items one at a time",
+                    len(commands), exc.sqlstate)
+    return [await _accept_alone(request, command) for command in commands]
 
 
-async def _in_transaction(pool: asyncpg.Pool, how: StoreFn, valid: Valid, keys: domain.Keyring,
-                          cid: str) -> dict[int, BatchItemResult]:
-    """Run ``how`` in one transaction, again on a deadlock (up to BATCH_DEADLOCK_RETRIES tries)."""
-    for attempt in range(1, BATCH_DEADLOCK_RETRIES + 1):
-        try:
-            async with pool.acquire() as conn:
-                async with conn.transaction():
-                    return await how(conn, valid, keys, cid)
-        except asyncpg.DeadlockDetectedError:
-            if attempt >= BATCH_DEADLOCK_RETRIES:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-async def _store_valid(pool: asyncpg.Pool, valid: Valid, keys: domain.Keyring, cid: str) -> dict[int, BatchItemResult]:
-    """Store the valid items: set-based, else (nothing of the batch committed) item by item."""
-    for _ in range(BATCH_RACE_RETRIES):
-        try:
-            return await _in_transaction(pool, _store_set_based, valid, keys, cid)
-        except store.Raced as exc:
-            # Another request or the intake stored one of these ids meanwhile: the next pass sees
-            # it (a duplicate or a conflict). Item by item, accept settles such races itself.
-            log.info("batch met a concurrent insert (%s); running it again", exc)
-        except asyncpg.DeadlockDetectedError:
-            raise  # already tried BATCH_DEADLOCK_RETRIES times: not one item's fault
-        except asyncpg.PostgresError as exc:
-            # One item failed in the database (not validation): nothing was committed. Store the
-            # batch again with a savepoint per item so that item is reported and the rest stored.
-            # (SQLSTATE only: the message may quote submitted values.)
-            log.warning("batch failed in the database (SQLSTATE %s); storing it again item by item", exc.sqlstate)
-            return await _in_transaction(pool, _store_item_by_item, valid, keys, cid)
-    log.warning("batch kept meeting concurrent inserts; storing it item by item")
-    return await _in_transaction(pool, _store_item_by_item, valid, keys, cid)
+async def _accept_alone(request: Request, command: SubmitFeedback) -> Outcome | FailedInDatabase:
+    try:
+        [outcome] = await _accept(request, [command])
+    except asyncpg.PostgresError as exc:
+        if not _failed_in_database(exc):
+            raise
+        return FailedInDatabase(command.submission.submission_id, exc.sqlstate)
+    return outcome
 
 
 @router.post("/submissions/batch", response_model=BatchResult, tags=["submissions"], max_body_size=4 * 1024 * 1024,
              summary="Up to FEEDBACK_BATCH_MAX_ITEMS (default 500) submissions; each succeeds or fails on its own")
 async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchResult:
-    """A JSON array of submissions. The response lists one result per item, in order.
+    """A JSON array of submissions. The response lists one result per item, in order, each with
+    the status it would have had sent on its own in that order.
 
-    Valid items are stored in one transaction; an invalid or conflicting item is reported and does
-    not block the others. Should an item fail in the database, the batch is stored again with a
-    savepoint per item, so only that item fails (outcome ``error``).
+    Valid items are stored in one transaction; an invalid, forbidden or conflicting item is
+    reported and does not block the others. Should the batch fail in the database for a reason
+    that is neither an outage nor a race, each valid item is stored again on its own, so only the
+    failing item fails (outcome ``error``, status 500).
     """
     # (This docstring is the route's OpenAPI description.) Items are stored in array order, each
-    # with its own received_at: of two answers for one episode, the earlier in the array is the
+    # with its own received_at: of two answers to one question, the earlier in the array is the
     # first answer, as if they had been sent one request each in that order.
     limit = request.app.state.runtime.settings.batch_max_items
     if not isinstance(body, list):
@@ -270,13 +276,17 @@ async def submit_batch(request: Request, body: Annotated[Any, Body()]) -> BatchR
             results[i] = BatchItemResult(index=i, submission_id=sid, outcome="forbidden" if p.status == 403 else "invalid",
                                          status=p.status, detail=p.detail, errors=p.extra.get("errors"))
     if valid:
-        cid = correlation_id_var.get() or str(uuid.uuid4())
-        results.update(await _store_valid(request.app.state.runtime.pool, valid, request.app.state.keyring, cid))
+        cid = _correlation_id()
+        outcomes = await _accept_batch(request, [SubmitFeedback(sub, "http-batch", cid) for _, sub in valid])
+        results.update({i: _item_result(i, sub, outcome) for (i, sub), outcome in zip(valid, outcomes)})
     items = [results[i] for i in range(len(body))]
     ok = sum(1 for it in items if it.outcome in ("created", "duplicate"))
     return BatchResult(accepted=ok, rejected=len(items) - ok, items=items)
 
 
+# ---------------------------------------------------------------------------------------------
+# FHIR
+# ---------------------------------------------------------------------------------------------
 @router.post("/fhir/QuestionnaireResponse", response_model=AcceptedView, status_code=202, tags=["fhir"],
              max_body_size=MAX_FHIR_BODY_BYTES,
              summary="Submit a FHIR R4 (UK Core) QuestionnaireResponse, application/fhir+json",
@@ -315,23 +325,26 @@ async def submit_fhir(
     try:
         body, paths = fhir.to_submission(resource)
     except fhir.FhirError as exc:
-        raise _invalid(exc.errors, "Invalid QuestionnaireResponse") from exc
+        # The FHIR model's own messages come from pydantic: without its "Value error, " prefix.
+        errors = [{**e, "message": clean_message(e["message"])} for e in exc.errors]
+        raise _invalid(errors, "Invalid QuestionnaireResponse") from exc
     if idempotency_key is not None and idempotency_key != body["submission_id"]:
         raise Problem(422, "Invalid request", "Idempotency-Key differs from identifier.value",
                       errors=[{"field": "identifier.value", "message": "differs from the Idempotency-Key header"}])
     try:
         sub = domain.Submission.model_validate(body)
     except ValidationError as exc:
-        errors = [{"field": domain.redact(fhir.fhir_field(e["loc"], paths)), "message": domain.redact(str(e["msg"]))}
-                  for e in exc.errors()[:20]]
-        raise _invalid(errors, "Invalid QuestionnaireResponse") from exc
+        raise _invalid(_errors(exc, lambda loc: fhir.fhir_field(loc, paths)), "Invalid QuestionnaireResponse") from exc
     admit(request, sub, lambda f: fhir.fhir_field((f,), paths))
-    accepted = await _accept_one(request, sub, "fhir")
-    if accepted.status == "duplicate":
+    view = await _accept_one(request, sub, "fhir", id_field=fhir.fhir_field(("submission_id",), paths))
+    if view.status == "duplicate":
         response.status_code = 200
-    return AcceptedView(**accepted.__dict__)
+    return view
 
 
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
 def _visible(request: Request, provider_code: str) -> bool:
     """A bound token sees only the providers its binding reaches (unknown providers: national tokens only)."""
     return _reach(request).sees_provider(provider_code)
@@ -339,23 +352,42 @@ def _visible(request: Request, provider_code: str) -> bool:
 
 FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UTC). Providers with 1-4 responses "
             "are suppressed (primary); zero is shown; when exactly one provider is suppressed, the next smallest also "
-            "hides its counts (secondary). Percentages are whole numbers, rounded half up.")
+            "hides its counts (secondary). A trust withheld in the quarter's publication (GET /v1/publication/fft) is "
+            "withheld here too. Percentages are whole numbers, rounded half up.")
 
 
 @router.get("/reports/fft", response_model=FftReport, tags=["reports"],
             summary="FFT % positive and % negative per provider for a month, with NHS-style suppression")
 async def fft_report(request: Request, period: Annotated[PeriodCode, Query(description="YYYY-MM")]) -> FftReport:
     try:
-        store.month_bounds(period)
+        queries.month_bounds(period)
     except ValueError as exc:  # matches the pattern but is no calendar month (0000-01, 9999-12): 422, not 500
         raise Problem(422, "Invalid request", f"period {period} is out of range",
                       errors=[{"field": "period", "message": "year out of range"}]) from exc
+    from services.feedback import read_api
+    from services.feedback import read_models as rm
+
+    month = rm.parse_period(period)
+    quarter = rm.parse_period(rm.quarter_of(period))
     async with request.app.state.runtime.pool.acquire() as conn:
-        counts = await store.fft_counts(conn, period)
+        counts = await queries.fft_counts(conn, period)
+        quarter_rows = await rm.first_fft_counts(conn, quarter.start, quarter.end, bucket="month", setting=None)
     # A region-scoped token gets the report computed over its region's providers only, so both
     # suppression rules (and the total) hold within what it can see.
     counts = {code: c for code, c in counts.items() if _visible(request, code)}
     rows, total = domain.fft_report(counts)
+    # The same month is published by quarter (read_models.publish): a trust withheld there is
+    # withheld here too, or this month's figures less the quarter's total would give it away.
+    published = rm.publish(quarter_rows, month, level="trust", setting=None, organisation=read_api._organisation(request),
+                           visible=lambda code: _visible(request, code))
+    withheld = {p.trust_code: p.figures.suppression for p in published.providers if p.figures.suppression != "none"}
+    ref = request.app.state.reference
+    for i, row in enumerate(rows):
+        why = withheld.get(ref.trust_of(row.provider_code) or row.provider_code)
+        if why is not None and row.suppression == "none":
+            keep = why == "secondary"  # secondary keeps the percentages, as published
+            rows[i] = domain.FftRow(row.provider_code, None, None, row.pct_positive if keep else None,
+                                    row.pct_negative if keep else None, why)
     return FftReport(period=period, rule=FFT_RULE, providers=rows, total=total)
 
 
@@ -372,7 +404,7 @@ async def prom_report(
         raise Problem(422, "Invalid request", f"min_count must be at least {settings.prom_min_count_floor}",
                       errors=[{"field": "min_count", "message": f"must be at least {settings.prom_min_count_floor}"}])
     async with request.app.state.runtime.pool.acquire() as conn:
-        rows = await store.prom_pairs(conn, procedure)
+        rows = await queries.prom_pairs(conn, procedure)
     rows = [r for r in rows if _visible(request, r[0])]
     groups = domain.prom_report(rows, n)
     rule = (f"Each patient's first pre_op and first post_op answer per instrument and procedure; health gain = post − pre "

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.feedback import api, consumer
+from services.feedback import api, consumer, read_api
+from services.feedback.handlers import AcceptSubmissions
 from services.feedback.policy import POLICY
 from services.feedback.privacy import install_log_redaction
 from services.feedback.settings import FeedbackSettings
+from services.feedback.store import FeedbackTx
 from shared.reference import load_reference
 from shared.service import service_app
+from shared.uow import PgUnitOfWork
 
 
 def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
@@ -22,7 +25,9 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     app = service_app(runtime, settings, title="Patient Power feedback",
                       description="Takes PREM/PROM submissions (JSON, FHIR QuestionnaireResponse, Kafka), pseudonymises them,"
                                   " stores them durably, emits events and reports FFT and PROM results.",
-                      router=api.router, policy=POLICY, reference=reference, extra_problems=problems)
-    consumer.register(runtime, settings)  # after the security checks: the keyring needs a key
-    app.state.keyring = settings.keyring()
+                      router=[api.router, read_api.router], policy=POLICY, reference=reference, extra_problems=problems)
+    # After the security checks: the keyring needs a key. The one write path, for HTTP and Kafka alike.
+    accept = AcceptSubmissions(PgUnitOfWork(lambda: runtime.pool, FeedbackTx), settings.keyring())
+    consumer.register(runtime, settings, accept)
+    app.state.accept_submissions = accept
     return app

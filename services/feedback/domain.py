@@ -65,32 +65,6 @@ class Keyring:
         return self.current if key_id == self.current_id else self.previous.get(key_id)
 
 
-_SYNTHETIC: list[str] = []
-_SYNTHETIC_START = 999_000_000  # nine-digit stem of 999 000 000x
-_SYNTHETIC_LIMIT = 10_000_000
-
-
-def synthetic_nhs_number(n: int) -> str:
-    """The n-th (0-based) valid NHS number in the 999 000 0000 test range: never a real patient.
-
-    Stems whose check digit would be 10 are skipped, so the numbers are distinct for distinct n.
-    Generated lazily and cached (amortised O(1) per number).
-    """
-    if not 0 <= n < _SYNTHETIC_LIMIT:
-        raise ValueError(f"n must be in 0..{_SYNTHETIC_LIMIT - 1}")
-    stem = _SYNTHETIC_START + (int(_SYNTHETIC[-1][:9]) - _SYNTHETIC_START + 1 if _SYNTHETIC else 0)
-    while len(_SYNTHETIC) <= n:
-        digits = f"{stem:09d}"
-        total = sum(int(d) * w for d, w in zip(digits, range(10, 1, -1)))
-        check_digit = 11 - total % 11
-        if check_digit == 11:
-            check_digit = 0
-        if check_digit != 10:
-            _SYNTHETIC.append(digits + str(check_digit))
-        stem += 1
-    return _SYNTHETIC[n]
-
-
 # ---------------------------------------------------------------------------------------------
 # Instruments
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +185,8 @@ class AuthoredWindow:
     latest: datetime
 
 
-def authored_window(now: datetime, max_age_days: int, skew_s: int = 300) -> AuthoredWindow:
+def authored_window(now: datetime, max_age_days: int, skew_s: int) -> AuthoredWindow:
+    """From ``now``: at most ``max_age_days`` old, at most ``skew_s`` ahead (FEEDBACK_AUTHORED_AT_MAX_* settings)."""
     return AuthoredWindow(now - timedelta(days=max_age_days), now + timedelta(seconds=skew_s))
 
 

@@ -15,4 +15,13 @@ POLICY = {
     ("GET", "/v1/reports/fft"): Rule("feedback:read", "reports only the providers the binding sees",
                                      "nothing: suppression is recomputed within what it sees"),
     ("GET", "/v1/reports/proms"): Rule("feedback:read", "reports only the providers the binding sees", "nothing: others are left out"),
+    # Publication (read_api.py): the suppressed figures of the portal's public pages.
+    ("GET", "/v1/publication/fft"): Rule("reports:read", "reports only the providers the binding sees",
+                                         "nothing: suppression is recomputed within what it sees"),
+    ("GET", "/v1/publication/fft.csv"): Rule("reports:read", "reports only the providers the binding sees",
+                                             "nothing: suppression is recomputed within what it sees"),
+    ("GET", "/v1/publication/fft/providers/{provider_code}/series"): Rule(
+        "reports:read", "the trust (suppression recomputed within what the binding sees)", "403 outside the binding; 404 an unknown trust"),
+    ("GET", "/v1/publication/fft/periods"): Rule("reports:read", "the providers the binding sees", "nothing: others are left out"),
+    ("GET", "/v1/publication/proms"): Rule("reports:read", "reports only the providers the binding sees", "nothing: others are left out"),
 }

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 PREFIX = "FEEDBACK_"
 DEV_PSEUDONYM_KEY = "dev-only-pseudonym-key-change-me"  # public: development only
+# The most submissions one command batch may hold (an HTTP batch, an intake batch): the ceiling of
+# both settings below and the handler's own limit.
+MAX_BATCH_ITEMS = 5000
 
 
 class FeedbackSettings(ServiceSettings):
@@ -29,12 +32,12 @@ class FeedbackSettings(ServiceSettings):
     # rotation"). Unset: development mode uses the public development key; production refuses.
     pseudonym_key: SecretStr | None = None
     pseudonym_key_id: str = Field(default="dev-1", pattern=r"^[A-Za-z0-9._-]{1,40}$")
-    batch_max_items: int = Field(default=500, ge=1, le=5000)
+    batch_max_items: int = Field(default=500, ge=1, le=MAX_BATCH_ITEMS)
     # Kafka intake: records per batch (one database transaction) and how long to wait to fill one.
-    intake_batch_max_records: int = Field(default=500, ge=1, le=5000)
+    intake_batch_max_records: int = Field(default=500, ge=1, le=MAX_BATCH_ITEMS)
     intake_batch_timeout_ms: int = Field(default=20, ge=1, le=10_000)
     # Keys retired by a rotation, by key id: still used to recognise a patient's earlier answers
-    # (first decision, PROM pairing) and earlier submissions' content. JSON object in the
+    # (first answers, PROM pairing) and earlier submissions' content. JSON object in the
     # environment, e.g. FEEDBACK_PSEUDONYM_PREVIOUS_KEYS='{"2025-1": "…"}'. See services/feedback/README.md.
     pseudonym_previous_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=10)
     # PROM report: groups with fewer pairs than this show the count but no averages; a request

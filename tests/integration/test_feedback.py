@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 
 from services.feedback.app import create_app
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from services.feedback.settings import FeedbackSettings
-from shared.devstack import EmbeddedKafka
+from devtools.stack import EmbeddedKafka
 from shared.topics import FEEDBACK_RECEIVED
 from tests.conftest import running
 from tests.helpers import eventually, read_topic

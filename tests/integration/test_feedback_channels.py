@@ -17,10 +17,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
+from services.feedback import queries
 from services.feedback.app import create_app
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from services.feedback.fhir import NHS_NUMBER_SYSTEM, ODS_SYSTEM, PROVIDER_EXTENSION, QUESTIONNAIRE_BASE
 from services.feedback.settings import FeedbackSettings
+from services.feedback.store import FeedbackTx
+from shared.contracts import FftAnswer
 from shared.topics import FEEDBACK_RECEIVED, FEEDBACK_SUBMITTED, FEEDBACK_SUBMITTED_DLQ
 from tests.conftest import running
 from tests.helpers import eventually, publish, read_topic
@@ -124,49 +127,100 @@ def events_for(records: list[Any], prefix: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # HTTP batch
 # ---------------------------------------------------------------------------------------------
-async def test_batch_gives_per_item_results_and_bad_items_do_not_block_others(settings, kafka_bootstrap) -> None:
+async def test_batch_gives_per_item_results_in_array_order_and_a_resubmission_changes_nothing(settings, kafka_bootstrap) -> None:
+    """Valid, invalid, duplicate and conflicting items (with stored rows and with earlier items),
+    two answers to one question, PROM pairs inside the batch and with a stored answer: each item
+    gets the status it would have had alone in array order; only the good items are written, each
+    with one event carrying the request's correlation id; the same batch again is all duplicates."""
     run = uuid.uuid4().hex[:6]
-    settings = settings.model_copy(update={"batch_max_items": 6})
+    settings = settings.model_copy(update={"batch_max_items": 14})
+    fft = submission(run, 0)
+    before = [submission(run, 9), oxford(run, 5, "pre_op", [1] * 12, authored=NOW.replace(year=NOW.year - 1))]
+    eq5d = {"instrument": "eq5d5l", "mobility": 2, "self_care": 1, "usual_activities": 1, "pain_discomfort": 4,
+            "anxiety_depression": 3, "vas": 70}
+    batch = [
+        fft,                                                                        # 0 created
+        submission(run, 1, nhs_number="9990000019"),                                # 1 invalid: check digit
+        submission(run, 9, answers={"instrument": "fft", "fft_answer": 5}),         # 2 conflicts with a stored row
+        submission(run, 9),                                                         # 3 duplicate of a stored row
+        {**fft, "free_text": "changed"},                                            # 4 conflicts with item 0
+        submission(run, 0, submission_id=f"sub-{run}-0b",                           # 5 another question: a first answer
+                   answers={"instrument": "patient_power", "patient_choice": "hold_back"}),
+        submission(run, 0, submission_id=f"a-{run}-0",                              # 6 same question, smaller id: an amendment
+                   answers={"instrument": "fft", "fft_answer": 5}),
+        oxford(run, 6, "pre_op", [1] * 12, authored=NOW.replace(year=NOW.year - 1)),  # 7 created
+        oxford(run, 6, "post_op", [3] * 12, authored=NOW),                          # 8 pairs with item 7
+        oxford(run, 5, "post_op", [4] * 12, authored=NOW),                          # 9 pairs with a stored row
+        fft,                                                                        # 10 duplicate of item 0
+        "not an object",                                                            # 11 invalid
+        submission(run, 2, answers={"instrument": "fft", "fft_answer": 9}),         # 12 invalid: answer
+        submission(run, 3, answers=eq5d),                                           # 13 created
+    ]
     async with running(create_app(settings)) as http:
-        first = await http.post("/v1/submissions", json=submission(run, 9))
-        assert first.status_code == 202
-        batch = [
-            submission(run, 0),
-            submission(run, 1, nhs_number="9990000019"),                                   # bad check digit
-            submission(run, 9, answers={"instrument": "fft", "fft_answer": 5}),            # same id, other content
-            submission(run, 2, answers={"instrument": "eq5d5l", "mobility": 2, "self_care": 1, "usual_activities": 1,
-                                        "pain_discomfort": 4, "anxiety_depression": 3, "vas": 70}),
-            submission(run, 0),                                                            # repeat of item 0
-            "not an object",
-        ]
-        r = await http.post("/v1/submissions/batch", json=batch)
+        for body in before:
+            assert (await http.post("/v1/submissions", json=body)).status_code == 202
+        r = await http.post("/v1/submissions/batch", json=batch, headers={"x-correlation-id": f"corr-{run}"})
         assert r.status_code == 200, r.text
         out = r.json()
-        assert [i["outcome"] for i in out["items"]] == ["created", "invalid", "conflict", "created", "duplicate", "invalid"]
-        assert [i["status"] for i in out["items"]] == [202, 422, 409, 202, 200, 422]
-        assert out["accepted"] == 3 and out["rejected"] == 3
+        assert [i["outcome"] for i in out["items"]] == [
+            "created", "invalid", "conflict", "duplicate", "conflict", "created", "created", "created", "created", "created",
+            "duplicate", "invalid", "invalid", "created"]
+        assert [i["status"] for i in out["items"]] == [202, 422, 409, 200, 409, 202, 202, 202, 202, 202, 200, 422, 422, 202]
+        assert out["accepted"] == 9 and out["rejected"] == 5
+        assert [i["index"] for i in out["items"]] == list(range(len(batch)))
         assert out["items"][1]["errors"][0]["field"] == "nhs_number"
+        assert not out["items"][1]["errors"][0]["message"].startswith("Value error")  # pydantic's prefix removed
+        for i, sid in ((2, f"sub-{run}-9"), (4, f"sub-{run}-0")):
+            assert out["items"][i]["detail"] == f"submission {sid} was already received with different content"
+            assert out["items"][i]["errors"] == [{"field": "submission_id", "message": "already used with different content"}]
+        assert [out["items"][i]["result"]["is_amendment"] for i in (0, 5, 6)] == [False, False, True]
+        assert out["items"][10]["result"] == {**out["items"][0]["result"], "status": "duplicate"}
+        assert out["items"][8]["result"]["scores"] == {"oxford_total": 36, "health_gain": 24, "paired_with": f"ohs-pre_op-{run}-6"}
+        assert out["items"][9]["result"]["scores"]["health_gain"] == 36
+        assert out["items"][13]["result"]["scores"] == {"eq5d_profile": "21143", "eq_vas": 70}
         assert "9990000019" not in r.text
-        assert out["items"][3]["result"]["scores"] == {"eq5d_profile": "21143", "eq_vas": 70}
-        too_many = await http.post("/v1/submissions/batch", json=[submission(run, 20 + i) for i in range(7)])
+        too_many = await http.post("/v1/submissions/batch", json=[submission(run, 20 + i) for i in range(15)])
         assert too_many.status_code == 422 and too_many.headers["content-type"] == "application/problem+json"
         assert too_many.json()["errors"][0]["field"] == "(body)"
-        empty = await http.post("/v1/submissions/batch", json=[])
-        assert empty.status_code == 422
-        not_list = await http.post("/v1/submissions/batch", json={"items": []})
-        assert not_list.status_code == 422
-        mine = sorted(e["data"]["submission_id"] for e in await read_mine(kafka_bootstrap, FEEDBACK_RECEIVED.name, f"sub-{run}", expect=3))
-        assert mine == [f"sub-{run}-0", f"sub-{run}-2", f"sub-{run}-9"]
-    rows = await db_rows(settings.database_url, "SELECT submission_id, channel FROM submissions WHERE submission_id LIKE $1 ORDER BY 1",
-                         f"sub-{run}-%")
-    assert [(r["submission_id"], r["channel"]) for r in rows] == [
-        (f"sub-{run}-0", "http-batch"), (f"sub-{run}-2", "http-batch"), (f"sub-{run}-9", "http")]
+        assert (await http.post("/v1/submissions/batch", json=[])).status_code == 422
+        assert (await http.post("/v1/submissions/batch", json={"items": []})).status_code == 422
+
+        again = (await http.post("/v1/submissions/batch", json=batch)).json()
+        assert [i["outcome"] for i in again["items"]] == [
+            "duplicate", "invalid", "conflict", "duplicate", "conflict", "duplicate", "duplicate", "duplicate", "duplicate",
+            "duplicate", "duplicate", "invalid", "invalid", "duplicate"]
+        assert [i["result"] for i in again["items"] if i["result"]] == [
+            {**i["result"], "status": "duplicate"} for i in out["items"] if i["result"]]
+        await http._transport.app.state.runtime.relay.drain()  # type: ignore[attr-defined]
+        events = await read_mine(kafka_bootstrap, FEEDBACK_RECEIVED.name, run, expect=99, timeout_s=3)
+    new = [i["submission_id"] for i in out["items"] if i["outcome"] == "created"]
+    mine = [e for e in events if e["data"]["submission_id"] in new]
+    assert sorted(e["data"]["submission_id"] for e in mine) == sorted(new)  # one each, none for the resubmission
+    assert {(e["correlation_id"], e["causation_id"]) for e in mine} == {(f"corr-{run}", None)}
+    amends = {e["data"]["submission_id"]: e["data"]["amends_submission_id"] for e in mine}
+    assert (amends[f"sub-{run}-0b"], amends[f"a-{run}-0"]) == (None, f"sub-{run}-0")
+    rows = await db_rows(settings.database_url, "SELECT submission_id, channel, received_at FROM submissions"
+                         " ORDER BY received_at, submission_id")
+    assert [r["submission_id"] for r in rows] == [b["submission_id"] for b in before] + new  # array order, not id order
+    assert len({r["received_at"] for r in rows}) == len(rows)
+    assert [r["channel"] for r in rows] == ["http"] * 2 + ["http-batch"] * 7
+    pairs = await db_rows(settings.database_url, "SELECT pre_submission_id, post_submission_id, health_gain FROM prom_pairs"
+                          " ORDER BY 1")
+    assert pairs == [{"pre_submission_id": f"ohs-pre_op-{run}-5", "post_submission_id": f"ohs-post_op-{run}-5", "health_gain": 36},
+                     {"pre_submission_id": f"ohs-pre_op-{run}-6", "post_submission_id": f"ohs-post_op-{run}-6", "health_gain": 24}]
+    # The FFT report counts each patient's first FFT answer per episode: item 0 ("good"), not item 6.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        counts = await queries.fft_counts(conn, datetime.fromisoformat(AUTHORED).strftime("%Y-%m"))
+    finally:
+        await conn.close()
+    assert counts == {"RRV": {FftAnswer.GOOD: 2}}
 
 
 # ---------------------------------------------------------------------------------------------
 # Idempotency and amendments
 # ---------------------------------------------------------------------------------------------
-async def test_idempotency_key_header(settings) -> None:
+async def test_idempotency_key_header_conflicts_and_a_batch_that_keeps_racing(settings, monkeypatch) -> None:
     run = uuid.uuid4().hex[:6]
     body = submission(run)
     del body["submission_id"]
@@ -181,9 +235,26 @@ async def test_idempotency_key_header(settings) -> None:
         differs = await http.post("/v1/submissions", json={**body, "submission_id": "other"},
                                   headers={"Idempotency-Key": f"key-{run}"})
         assert differs.status_code == 422 and differs.json()["errors"][0]["field"] == "submission_id"
+        # Another writer "stores" every id first on every pass (simulated): after the unit of work's
+        # reruns nothing was written and the client may send the same request again.
+        async def always_raced(self: FeedbackTx, rows: Any) -> set[str]:
+            return set()
+
+        monkeypatch.setattr(FeedbackTx, "insert_submissions", always_raced)
+        raced = await http.post("/v1/submissions", json=submission(run, 1))
+        assert raced.status_code == 503 and raced.headers["retry-after"] == "1"
+        assert raced.headers["content-type"] == "application/problem+json"
+        batch = await http.post("/v1/submissions/batch", json=[submission(run, 2), submission(run, 3)])
+        assert batch.status_code == 503
+        monkeypatch.undo()
+    rows = await db_rows(settings.database_url, "SELECT submission_id FROM submissions WHERE submission_id LIKE $1", f"%{run}%")
+    assert rows == [{"submission_id": f"key-{run}"}]
 
 
-async def test_later_answers_are_amendments_and_never_overwrite(settings, kafka_bootstrap) -> None:
+async def test_later_answers_to_the_same_question_are_amendments_and_never_overwrite(settings, kafka_bootstrap) -> None:
+    """The first answer per episode, patient and instrument is not an amendment; a later one to the
+    same instrument is. A "hold back" after an FFT rating is the patient's first answer to the
+    patient power question (payments' scheme decides which of the two moves money)."""
     run = uuid.uuid4().hex[:6]
     async with running(create_app(settings)) as http:
         first = await http.post("/v1/submissions", json=submission(run, 0))
@@ -191,19 +262,23 @@ async def test_later_answers_are_amendments_and_never_overwrite(settings, kafka_
         choice = submission(run, 0, submission_id=f"sub-{run}-0b",
                             answers={"instrument": "patient_power", "patient_choice": "hold_back"})
         second = await http.post("/v1/submissions", json=choice)
-        assert second.status_code == 202 and second.json()["is_amendment"] is True
+        assert second.status_code == 202 and second.json()["is_amendment"] is False
         third = await http.post("/v1/submissions", json=submission(run, 0, submission_id=f"sub-{run}-0c",
                                                                    answers={"instrument": "fft", "fft_answer": 5}))
         assert third.json()["is_amendment"] is True
+        fourth = await http.post("/v1/submissions", json={**choice, "submission_id": f"sub-{run}-0d",
+                                                          "answers": {"instrument": "patient_power", "patient_choice": "pay_in_full"}})
+        assert fourth.json()["is_amendment"] is True
         other_patient = await http.post("/v1/submissions", json=submission(run, 1, episode_id=f"ep-{run}-0"))
-        assert other_patient.json()["is_amendment"] is False  # one decision per episode *and patient*
-        by_id = {e["data"]["submission_id"]: e["data"] for e in await read_mine(kafka_bootstrap, FEEDBACK_RECEIVED.name, f"sub-{run}", expect=4)}
+        assert other_patient.json()["is_amendment"] is False  # per episode *and patient*
+        by_id = {e["data"]["submission_id"]: e["data"] for e in await read_mine(kafka_bootstrap, FEEDBACK_RECEIVED.name, f"sub-{run}", expect=5)}
         assert by_id[f"sub-{run}-0"]["amends_submission_id"] is None
-        assert by_id[f"sub-{run}-0b"]["amends_submission_id"] == f"sub-{run}-0"
+        assert by_id[f"sub-{run}-0b"]["amends_submission_id"] is None
         assert by_id[f"sub-{run}-0c"]["amends_submission_id"] == f"sub-{run}-0"
+        assert by_id[f"sub-{run}-0d"]["amends_submission_id"] == f"sub-{run}-0b"
     rows = await db_rows(settings.database_url, "SELECT submission_id, is_amendment, answers FROM submissions"
                          " WHERE submission_id LIKE $1 ORDER BY 1", f"sub-{run}-%")
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert json.loads(rows[0]["answers"]) == {"instrument": "fft", "fft_answer": 2}
     conn = await asyncpg.connect(settings.database_url)
     try:
@@ -246,6 +321,10 @@ async def test_fhir_questionnaire_response(settings, kafka_bootstrap) -> None:
                             "scores": {"fft_positive": False, "fft_negative": True}}
         again = await http.post("/v1/fhir/QuestionnaireResponse", content=json.dumps(qr), headers=FHIR)
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        other = questionnaire_response(run, 0, items=[{"linkId": "fft", "answer": [{"valueCoding": {"code": "1"}}]}])
+        conflict = await http.post("/v1/fhir/QuestionnaireResponse", content=json.dumps(other), headers=FHIR)
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.json()["errors"] == [{"field": "identifier.value", "message": "already used with different content"}]
         amended = questionnaire_response(run, 0, status="amended", meta={"versionId": "2"}, items=[
             {"linkId": "fft", "answer": [{"valueCoding": {"code": "2"}}]}])
         a = await http.post("/v1/fhir/QuestionnaireResponse", content=json.dumps(amended), headers=FHIR)
@@ -295,6 +374,7 @@ async def test_fhir_questionnaire_response(settings, kafka_bootstrap) -> None:
         bad_nhs = await http.post("/v1/fhir/QuestionnaireResponse", headers=FHIR,
                                   content=json.dumps(questionnaire_response(run, 4, nhs="9990000019")))
         assert "9990000019" not in bad_nhs.text
+        assert bad_nhs.json()["errors"][0]["message"].startswith("not a valid NHS number")  # no "Value error, "
         mine = {e["data"]["submission_id"]: e["data"] for e in await read_mine(kafka_bootstrap, FEEDBACK_RECEIVED.name, f"qr-{run}", expect=5)}
         assert set(mine) == {f"qr-{run}-0", f"qr-{run}-0:amended:2", f"qr-{run}-1", f"qr-{run}-2", f"qr-{run}-3"}
         assert mine[f"qr-{run}-0:amended:2"]["amends_submission_id"] == f"qr-{run}-0"
@@ -337,6 +417,7 @@ async def test_kafka_intake_stores_and_dead_letters_with_reason_redacted(setting
             reasons[rec.offset] = (headers["dlq_kind"], headers["dlq_reason"])
         kinds_reasons = sorted(reasons.values())
         assert any(k == "invalid" and "data.nhs_number" in r and "not a valid NHS number" in r for k, r in kinds_reasons)
+        assert not any("Value error" in r for _, r in kinds_reasons)  # pydantic's prefix removed
         assert any(k == "invalid" and "fft_answer" in r for k, r in kinds_reasons)
         assert any(k == "rejected" and "different content" in r for k, r in kinds_reasons)
         assert any(k == "invalid" and "JSON" in r for k, r in kinds_reasons)

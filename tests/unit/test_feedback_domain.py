@@ -26,9 +26,9 @@ from services.feedback.domain import (
     oxford_total,
     pseudonymise,
     scores,
-    synthetic_nhs_number,
     valid_nhs_number,
 )
+from devtools.synthetic import synthetic_nhs_number
 from shared.contracts import FeedbackReceived, FftAnswer
 
 PROPS = settings(max_examples=150, deadline=None)
@@ -414,7 +414,7 @@ def test_admission_refuses_unknown_providers_and_implausible_times() -> None:
 
     ref = load_reference()
     now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
-    window = authored_window(now, 730)
+    window = authored_window(now, 730, 300)
 
     def sub(**kw: object) -> Submission:
         body = {"submission_id": "s", "episode_id": "e", "provider_code": "RJ1", "nhs_number": "9434765919",

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools.synthetic import synthetic_nhs_number
 from services.feedback.domain import (
     REDACTED,
     SUPPRESSION_THRESHOLD,
@@ -29,7 +30,6 @@ from services.feedback.domain import (
     redact_bytes,
     redact_dead_letter,
     scores,
-    synthetic_nhs_number,
 )
 from services.feedback.privacy import RedactingFilter
 from shared.contracts import FftAnswer
