@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from bench.relay import start_external_relay, stop_process
 from shared.db import ensure_database
-from shared.devstack import fresh_kafka, start_infra
+from devtools.stack import fresh_kafka, start_infra
 from shared.service import CONSUMER_DEFAULTS
 from shared.topics import FEEDBACK_RECEIVED, LEDGER_TRANSFER_REQUESTS, PAYMENTS_REQUESTED
 
@@ -82,7 +82,7 @@ async def produce(bootstrap: str, events: list[tuple[str, bytes, bytes]]) -> flo
 
 def register_per_event(runtime: Any, settings: Any) -> None:
     """The episode subscriber as it was before batching: one record per delivery, one transaction
-    per event (``Runtime.handle_one`` with the per-event store functions)."""
+    per event (``Runtime.handle_one`` calling the handlers with a batch of one)."""
     from services.payments import consumer
 
     episodes = consumer.EpisodeEvents(runtime)
@@ -213,7 +213,7 @@ async def run_mode(infra: Any, mode: str, *, payments: int, window_s: float, bat
 
 
 async def run_handler(infra: Any, mode: str, *, payments: int, batch_max: int) -> float:
-    """Events/s through the consumer's handler alone, no broker: the store path, per event (one
+    """Events/s through the consumer's handler alone, no broker: per event (a batch of one, one
     transaction each, ``EpisodeEvents.handle_one``) or per batch (``EpisodeEvents.handle_batch``)."""
     from types import SimpleNamespace
 
@@ -260,26 +260,41 @@ async def run_handler(infra: Any, mode: str, *, payments: int, batch_max: int) -
         await drop_database(infra.postgres_dsn, db_name)
 
 
+class SavepointUnitOfWork:
+    """A unit of work that is a savepoint inside the caller's transaction (the design not taken)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def run(self, work: Any, *, attempts: int = 1) -> Any:
+        from services.payments.store import PgPaymentsStore
+
+        async with self.conn.transaction():  # nested: a savepoint
+            return await work(PgPaymentsStore(self.conn))
+
+
 async def savepoint_batch(rt: Any, records: list[Any]) -> None:
-    """The design not taken, for comparison: one transaction per batch, the per-event store
-    functions, one savepoint per record (so a rejected record could be rolled back alone)."""
-    from services.payments import store
+    """The design not taken, for comparison: one transaction per batch, the handlers called with
+    one record at a time, each in a savepoint (so a rejected record could be rolled back alone)."""
+    from services.payments.consumer import payment_command
+    from services.payments.handlers import PaymentsHandlers
     from shared.contracts import Envelope, FeedbackReceived, PaymentRequested
 
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
+            h = rt.handlers
+            handlers = PaymentsHandlers(SavepointUnitOfWork(conn), book=h.book, ref=h.ref, hold_model=h.hold_model,
+                                        activity_date_max_age_days=h.activity_date_max_age_days, clock=h.clock)
             for raw in records:
-                async with conn.transaction():  # a savepoint
-                    if raw.topic == PAYMENTS_REQUESTED.name:
-                        env = Envelope[PaymentRequested].model_validate_json(raw.value)
-                        await store.accept_payment(conn, env.data, book=rt.book, ref=rt.reference, hold_model=rt.hold_model,
-                                                   correlation_id=env.correlation_id, causation_id=str(env.event_id))
-                    else:
-                        await store.record_answer(conn, Envelope[FeedbackReceived].model_validate_json(raw.value).data)
+                if raw.topic == PAYMENTS_REQUESTED.name:
+                    await handlers.accept_payments([payment_command(Envelope[PaymentRequested].model_validate_json(raw.value))])
+                else:
+                    await handlers.record_answers([Envelope[FeedbackReceived].model_validate_json(raw.value).data])
 
 
 async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> tuple[float, str]:
-    """Microseconds per episode of ``store.run_settlement`` on a month of accepted episodes.
+    """Microseconds per episode of the settlement handler (``PaymentsHandlers.run_settlement``) on a
+    month of accepted episodes.
 
     Loads ``episodes`` payment requests (the first half under the two-phase hold model, the
     rest held in ``held:<ODS>``, so every kind of settlement transfer is written) and their
@@ -287,9 +302,10 @@ async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> 
     settles the period once, timed. Returns (µs per episode, what was checked)."""
     from types import SimpleNamespace
 
-    from services.payments import consumer, store
+    from services.payments import consumer
     from services.payments.app import PaymentsRuntime
     from services.payments.domain import period_of
+    from services.payments.handlers import RunSettlement
     from services.payments.settings import PaymentsSettings
     from shared import db
 
@@ -307,16 +323,17 @@ async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> 
             handler = consumer.EpisodeEvents(rt)
             half = len(records) // 2
             for model, part in (("two_phase", records[:half]), ("held_account", records[half:])):
-                rt.hold_model = model
+                rt.handlers.hold_model = model
                 for lo in range(0, len(part), batch_max):
                     await handler.handle_batch(part[lo:lo + batch_max])
             async with rt.pool.acquire() as conn:
                 await conn.execute("DELETE FROM outbox")  # the payments' own rows: count settlement's alone
                 held = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'held'")
+            settle_day = datetime.combine(date.fromisoformat(ACTIVITY) + timedelta(days=120), datetime.min.time(), timezone.utc)
+            rt.handlers.clock = lambda: settle_day  # every decision window of the month has closed
             t0 = time.perf_counter()
-            reports = await store.run_settlement(rt.pool, rt.book, period=period_of(date.fromisoformat(ACTIVITY)),
-                                                 provider_code=None, run_by="bench", correlation_id="bench-settlement",
-                                                 today=date.fromisoformat(ACTIVITY) + timedelta(days=120))
+            reports = await rt.handlers.run_settlement(RunSettlement(period=period_of(date.fromisoformat(ACTIVITY)),
+                                                                     run_by="bench", correlation_id="bench-settlement"))
             elapsed = time.perf_counter() - t0
             async with rt.pool.acquire() as conn:
                 settled = await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'settled'")
@@ -353,10 +370,26 @@ async def main(args: argparse.Namespace) -> int:
         f" outbox relay {args.relay}")
     try:
         if args.settlement:
+            from bench.ledger.__main__ import throughput
+            from bench.payments.drain import run_drain
+
             n = args.settlement_episodes or (4_000 if quick else 20_000)
             us, checked = await run_settlement_phase(infra, episodes=n, batch_max=args.batch)
-            out(f"settlement: {us:,.0f} us per episode, {1e6 / us:,.0f} episodes/s ({checked})")
-            out(f"bench=payments-settlement us_per_episode={us:.1f} episodes_per_s={1e6 / us:.0f}")
+            out(f"settlement handler alone (no broker, no ledger): {us:,.0f} us per episode, {1e6 / us:,.0f} episodes/s ({checked})")
+            out("settlement drain: payments and the ledger as processes, a settlement job, until the ledger has posted it all")
+            d = await run_drain(infra, episodes=n)
+            out(f"  job {d['job_s']:.1f} s; every one of {d['transfers']:,} transfers posted {d['drain_s']:.1f} s after the request:"
+                f" {d['drain_per_s']:,.0f}/s; ledger posting {d['posted_during_job_per_s']:,.0f}/s during the job,"
+                f" {d['posted_after_job_per_s']:,.0f}/s after it; payments' outbox backlog at most {d['backlog_max']:,}")
+            out("baseline: the ledger's own Kafka path (bench.ledger uniform workload, pre-produced backlog)")
+            base = await throughput(infra, "uniform", n=max(20_000, n), window_s=5.0 if quick else 20.0, batch_max=2_000,
+                                    verify=False, relay="inline")
+            out(f"  {base.transfers_per_s:,.0f} transfers/s")
+            ratio = d["drain_per_s"] / base.transfers_per_s
+            out(f"settlement drain / ledger Kafka path: {ratio:.0%}")
+            out(f"bench=settlement settlement_drain_per_s={d['drain_per_s']:.0f} ledger_transfers_per_s={base.transfers_per_s:.0f}"
+                f" ratio={ratio:.2f} episodes={n} transfers={d['transfers']} job_s={d['job_s']:.1f} drain_s={d['drain_s']:.1f}"
+                f" relay_backlog_max={d['backlog_max']} us_per_episode={us:.1f}")
             return 0
         handler = {}
         for mode in ("per-event", "savepoints", "batched"):
@@ -395,7 +428,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relay", choices=["inline", "external"], default="inline",
                    help="outbox relay in the payments process (the default) or as its own process (PAYMENTS_OUTBOX_RELAY)")
     p.add_argument("--settlement", action="store_true",
-                   help="only the settlement phase: accept a month of episodes, then time store.run_settlement")
+                   help="only the settlement phase: accept a month of episodes, then time the settlement handler")
     p.add_argument("--settlement-episodes", type=int, help="episodes to settle (default 20,000, quick 4,000)")
     p.add_argument("--batch", type=int, default=500, help="consumer batch size (PAYMENTS_BATCH_MAX_RECORDS)")
     return p.parse_args(argv)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timezone
 
 from fastapi import FastAPI
 
-from services.payments import api, consumer, domain, store
+from services.payments import api, consumer, domain, jobs, read_api
+from services.payments.handlers import PaymentsHandlers
 from services.payments.policy import POLICY
 from services.payments.schemes import load_schemes
 from services.payments.settings import PaymentsSettings
+from services.payments.store import PgPaymentsStore
 from shared.reference import load_reference
 from shared.service import Runtime, service_app
+from shared.uow import PgUnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,19 @@ class PaymentsRuntime(Runtime):
         # boot with a message naming the file and field, rather than mis-settling money later.
         self.reference = load_reference(settings.reference_dir)
         self.book = load_schemes(settings.schemes_dir, self.reference)
-        self.hold_model = settings.ledger_hold_model
+        # The one write path (HTTP, Kafka, the schedule); its unit of work takes the pool once started.
+        self.handlers = PaymentsHandlers(PgUnitOfWork(lambda: self.pool, PgPaymentsStore), book=self.book,
+                                         ref=self.reference, hold_model=settings.ledger_hold_model,
+                                         activity_date_max_age_days=settings.activity_date_max_age_days)
+        # Settlement runs as jobs (jobs.py): asked for over HTTP or by the schedule, run here.
+        self.job_runner = jobs.JobRunner(PgUnitOfWork(lambda: self.pool, jobs.PgJobsStore), self.book,
+                                         clock=self.handlers.clock, lease_s=settings.settlement_job_lease_s,
+                                         poll_s=settings.settlement_job_poll_s)
+        self.on_start(self._start_jobs)
+        self.on_stop(self.job_runner.stop)
+
+    async def _start_jobs(self) -> None:
+        self.job_runner.start()
 
 
 def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
@@ -37,15 +51,15 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
     scheduler: dict[str, asyncio.Task] = {}
 
     async def scheduled_settlement() -> None:
-        """Settle the latest period whose decision windows have all closed, once a check interval."""
+        """Ask for a settlement job for the latest period whose decision windows have all closed,
+        once a check interval (the same job as over HTTP; an active one is found again)."""
         while True:
             try:
-                today = datetime.now(timezone.utc).date()
+                today = runtime.handlers.clock().date()
                 windows = [s.decision_window_days for s in runtime.book.schemes] or [0]
                 period = domain.latest_settleable_period(today, max(windows))
-                await store.run_settlement(runtime.pool, runtime.book, period=period, provider_code=None,
-                                           run_by="scheduler", trigger="scheduler", correlation_id=f"settlement:{period}",
-                                           today=today)
+                await runtime.job_runner.submit(jobs.NewJob(period=period, requested_by="scheduler", trigger="scheduler",
+                                                            correlation_id=f"settlement:{period}"))
             except Exception:
                 log.exception("scheduled settlement failed; will retry")
             await asyncio.sleep(settings.settlement_check_interval_s)
@@ -65,4 +79,4 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
     return service_app(runtime, settings, title="Patient Power payments",
                        description="Holds the at-risk share of each payment and settles it by the patient's answer under"
                                    " versioned trial rules.",
-                       router=api.router, policy=POLICY, reference=runtime.reference)
+                       router=[api.router, read_api.router], policy=POLICY, reference=runtime.reference)

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Literal, NamedTuple
 
+from services.payments import judgement
 from services.payments.schemes import CHOICE_RELEASE_BPS, Scheme, SchemeBook
 from shared.contracts import (
     FftAnswer, Leg, PatientChoice, PaymentRequested, TransferCause, TransferKind, TransferRequested,
@@ -88,6 +90,9 @@ def appeal_transfer_id(payment_id: str) -> str:
 # reach the ledger on one partition, in order.
 HoldModel = Literal["held_account", "two_phase"]
 HOLD_MODELS: tuple[HoldModel, ...] = ("held_account", "two_phase")
+# The one default: settings (PAYMENTS_LEDGER_HOLD_MODEL) and the what-if replay take it from here;
+# everything else is told the model explicitly.
+DEFAULT_HOLD_MODEL: HoldModel = "two_phase"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +111,10 @@ class Episode:
     at_risk_pence: int
     scheme_id: str | None
     scheme_version: int | None
-    hold_model: HoldModel = "held_account"
+    hold_model: HoldModel
+    # Optional case-mix fields of the payment request (never identifying); None: not sent.
+    age_band: str | None = None
+    imd_decile: int | None = None
 
     @property
     def period(self) -> str:
@@ -124,7 +132,9 @@ def new_episode(
     activity_date: date,
     amount_pence: int,
     scheme: Scheme | None,
-    hold_model: HoldModel = "held_account",
+    hold_model: HoldModel,
+    age_band: str | None = None,
+    imd_decile: int | None = None,
 ) -> Episode:
     """Out of trial (no scheme) means nothing is at risk: the whole amount is paid."""
     check(hold_model in HOLD_MODELS, f"unknown hold model {hold_model!r}")
@@ -132,6 +142,7 @@ def new_episode(
     return Episode(
         payment_id, episode_id, commissioner_code, provider_code, region_code, service_type, activity_date,
         amount_pence, at_risk, scheme.scheme_id if scheme else None, scheme.version if scheme else None, hold_model,
+        age_band, imd_decile,
     )
 
 
@@ -148,11 +159,11 @@ PlannedCause = Literal["payment", "payment_hold", "settlement", "release", "dive
 class PlannedTransfer(NamedTuple):
     """A ledger transfer that accepting or settling a payment asks for, in plain values.
 
-    The consumer's hot path and settlement plan every payment's transfers and serialise them by
-    hand (``outbox_rows``): building the ``TransferRequested`` models (legs, cause, the model
-    validator) cost about as much as the rest of accepting a payment, and most of settling one.
-    ``request()`` gives the validated contract model; tests check both serialise to the same
-    event, and that settlement's plan is what ``settlement_transfers`` builds.
+    Accepting and settling plan every payment's transfers this way and encode them straight from
+    these values (``services/payments/events.py``): building the ``TransferRequested`` models
+    (legs, cause, the model validator) cost about as much as the rest of accepting a payment, and
+    most of settling one. ``request()`` gives the validated contract model (the what-if replay
+    applies those); tests check both encode to the contract's bytes.
     """
 
     transfer_id: str
@@ -222,11 +233,6 @@ def payment_plan(e: Episode) -> tuple[PlannedTransfer, ...]:
     return tuple(out)
 
 
-def payment_transfers(e: Episode) -> tuple[TransferRequested, ...]:
-    """The ledger transfers that accept a payment, as validated contract models."""
-    return tuple(p.request() for p in payment_plan(e))
-
-
 class InputError(ValueError):
     """A request that can never succeed (unknown code, ...). HTTP 422; on Kafka, dead-lettered."""
 
@@ -272,55 +278,27 @@ def check_activity_date(activity_date: date, window: ActivityWindow) -> None:
         raise InputError("activity_date", f"{activity_date.isoformat()} is earlier than {earliest.isoformat()}")
 
 
-def episode_for_request(
-    req: PaymentRequested, *, book: SchemeBook, ref: ReferenceData, hold_model: HoldModel = "held_account",
-    window: ActivityWindow | None = None,
-) -> Episode:
-    """The episode a payment request creates: codes checked, scheme chosen, at-risk share computed.
+def episode_for_request(req: PaymentRequested, *, region: str, book: SchemeBook, hold_model: HoldModel) -> Episode:
+    """The episode a payment request creates once its codes are known good (``validate_codes``
+    gives the provider's region): the governing scheme chosen, the at-risk share computed.
 
-    Shared by the service (live channels pass the plausible ``window`` of activity dates) and the
-    offline what-if replay (which replays recorded events and passes none), so both apply exactly
-    the same acceptance rules.
+    Shared by the service (``intake.decide_payments``, which also checks the plausible activity
+    dates, for new episodes only) and the offline what-if replay, so both apply exactly the same
+    acceptance rules.
     """
-    region = validate_codes(req, ref)
-    if window is not None:
-        check_activity_date(req.activity_date, window)
     scheme = book.select(activity_date=req.activity_date, region=region, commissioner=req.commissioner_code,
                          provider=req.provider_code, service_type=req.service_type)
     return new_episode(
         payment_id=req.payment_id, episode_id=req.episode_id, commissioner_code=req.commissioner_code,
         provider_code=req.provider_code, region_code=region, service_type=req.service_type,
         activity_date=req.activity_date, amount_pence=req.amount_pence, scheme=scheme, hold_model=hold_model,
+        age_band=req.age_band, imd_decile=req.imd_decile,
     )
-
-
-def hold(
-    *,
-    payment_id: str,
-    episode_id: str,
-    commissioner_code: str,
-    provider_code: str,
-    region_code: str,
-    service_type: str,
-    activity_date: date,
-    amount_pence: int,
-    scheme: Scheme | None,
-) -> tuple[Episode, TransferRequested]:
-    """Accept a payment (held-account model): pay the part not at risk at once and hold the rest.
-
-    Out of trial (no scheme) means nothing is at risk: the whole amount is paid.
-    """
-    episode = new_episode(
-        payment_id=payment_id, episode_id=episode_id, commissioner_code=commissioner_code,
-        provider_code=provider_code, region_code=region_code, service_type=service_type,
-        activity_date=activity_date, amount_pence=amount_pence, scheme=scheme,
-    )
-    return episode, payment_transfers(episode)[0]
 
 
 def settlement_plan(e: Episode, *, released_pence: int, diverted_pence: int) -> tuple[PlannedTransfer, ...]:
     """The ledger transfers that settle an episode's held amount, as plain values:
-    released + diverted = at risk. ``settlement_transfers`` builds the same as contract models."""
+    released + diverted = at risk."""
     check(released_pence >= 0 and diverted_pence >= 0, "settled amounts are non-negative")
     check(released_pence + diverted_pence == e.at_risk_pence, "held = released + diverted")
     if not e.at_risk_pence:
@@ -347,47 +325,6 @@ def settlement_plan(e: Episode, *, released_pence: int, diverted_pence: int) -> 
     divert = _planned(divert_transfer_id(e.payment_id), "posted", ((commissioner, -diverted_pence), (fund, diverted_pence)),
                       "diversion", e)
     return (release, divert)
-
-
-def settlement_transfers(e: Episode, *, released_pence: int, diverted_pence: int, period: str) -> tuple[TransferRequested, ...]:
-    """The ledger transfers that settle an episode's held amount, as contract models, built
-    independently of ``settlement_plan``: the reference the plan and its rows are tested against."""
-    check(released_pence >= 0 and diverted_pence >= 0, "settled amounts are non-negative")
-    check(released_pence + diverted_pence == e.at_risk_pence, "held = released + diverted")
-    if not e.at_risk_pence:
-        return ()
-    if e.hold_model == "held_account":
-        legs = [Leg(account_id=held_account(e.provider_code), amount_pence=-e.at_risk_pence)]
-        if released_pence:
-            legs.append(Leg(account_id=provider_account(e.provider_code), amount_pence=released_pence))
-        if diverted_pence:
-            legs.append(Leg(account_id=fund_account(e.region_code), amount_pence=diverted_pence))
-        return (TransferRequested(transfer_id=settle_transfer_id(e.payment_id), legs=tuple(legs),
-                                  ordering_key=e.payment_id, cause=_cause(e, "settlement")),)
-    commissioner = commissioner_account(e.commissioner_code)
-    hold_id = hold_transfer_id(e.payment_id)
-    release_id = release_transfer_id(e.payment_id)
-    if released_pence == e.at_risk_pence:
-        release = TransferRequested(transfer_id=release_id, kind="post_pending", pending_id=hold_id,
-                                    ordering_key=e.payment_id, cause=_cause(e, "release"))
-    elif released_pence:
-        release = TransferRequested(
-            transfer_id=release_id, kind="post_pending", pending_id=hold_id, ordering_key=e.payment_id,
-            cause=_cause(e, "release"),
-            legs=(Leg(account_id=commissioner, amount_pence=-released_pence),
-                  Leg(account_id=provider_account(e.provider_code), amount_pence=released_pence)),
-        )
-    else:
-        release = TransferRequested(transfer_id=release_id, kind="void_pending", pending_id=hold_id,
-                                    ordering_key=e.payment_id, cause=_cause(e, "release"))
-    out = [release]
-    if diverted_pence:
-        out.append(TransferRequested(
-            transfer_id=divert_transfer_id(e.payment_id), ordering_key=e.payment_id, cause=_cause(e, "diversion"),
-            legs=(Leg(account_id=commissioner, amount_pence=-diverted_pence),
-                  Leg(account_id=fund_account(e.region_code), amount_pence=diverted_pence)),
-        ))
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +416,38 @@ def latest_settleable_period(today: date, decision_window_days: int) -> str:
         candidate = candidate.replace(day=1) - timedelta(days=1)
     return period_of(candidate)
 
+
+class NotYet(ValueError):
+    """A period whose decision windows have not all closed: nothing settles before ``opens_on``."""
+
+    def __init__(self, period: str, opens_on: date) -> None:
+        super().__init__(f"period {period} may be settled from {opens_on.isoformat()}, once every episode's decision window"
+                         " has closed")
+        self.period = period
+        self.opens_on = opens_on
+
+
+def require_settleable(period: str, decision_window_days: Sequence[int], today: date) -> None:
+    """Refuse (NotYet) a period whose decision windows are still open on ``today``: an answer could
+    still arrive and change money."""
+    opens_on = settlement_opens_on(period, decision_window_days)
+    if today < opens_on:
+        raise NotYet(period, opens_on)
+
+
+def unit_settlement(provider_code: str, period: str, scheme: Scheme, earlier_settlements: int) -> tuple[str, bool]:
+    """(settlement id, whether it may divert) for a unit with ``earlier_settlements`` reports already.
+
+    A period settles once. Episodes that arrive after it closed are released in full in a
+    supplementary settlement, ``<provider>:<period>:<scheme>:late-N``: the cap and the minimum
+    sample cannot be applied fairly twice."""
+    check(earlier_settlements >= 0, "a count of settlements")
+    base_id = f"{provider_code}:{period}:{scheme.key}"
+    if earlier_settlements == 0:
+        return base_id, True
+    return f"{base_id}:late-{earlier_settlements}", False
+
+
 @dataclass(frozen=True)
 class EpisodeSettlement:
     episode: Episode
@@ -487,17 +456,7 @@ class EpisodeSettlement:
     diverted_pence: int
     released_pence: int
     steps: tuple[str, ...]
-    plan: tuple[PlannedTransfer, ...]  # plain values: settlement writes their rows by hand
-
-    @property
-    def transfers(self) -> tuple[TransferRequested, ...]:
-        """The settlement transfers as validated contract models (what-if, explanations)."""
-        return tuple(p.request() for p in self.plan)
-
-    @property
-    def transfer(self) -> TransferRequested | None:
-        """The first (for the held-account model, the only) settlement transfer."""
-        return self.plan[0].request() if self.plan else None
+    plan: tuple[PlannedTransfer, ...]  # plain values, encoded straight into outbox rows
 
 
 @dataclass
@@ -516,6 +475,23 @@ class SettlementReport:
     cap_applied: bool = False
     cap_pence: int = 0
     lines: list[EpisodeSettlement] = field(default_factory=list)
+    # Judging fairly (judgement.py); the defaults are what a scheme without the new rules reports.
+    exempted: bool = False  # the provider-period was exempted: nothing diverted
+    exemption_reason: str | None = None
+    gate_applied: bool = False  # the scheme's gate was evaluated (not when exempted, late or below the minimum sample)
+    gate_opened: bool | None = None
+    measured_responses: int | None = None  # the measure's denominator (e.g. FFT answers with an opinion)
+    measured_events: int | None = None  # and its events (e.g. Poor + Very poor)
+    benchmark_pct: float | None = None  # the benchmark's share, % (display only; decisions use counts and Fractions)
+    adjusted_expected_pct: float | None = None  # the case-mix expected share for this provider's patients, %
+    upper_limit_count: int | None = None  # the largest count within the gate's limit
+    casemix_factor: float | None = None  # what the case mix scaled the diversions by (display)
+    credit_pence: int = 0  # improvement credit: diversion earned back
+    judgement_steps: tuple[str, ...] = ()
+
+
+def _pct(x: Fraction | None) -> float | None:
+    return None if x is None else round(float(x) * 100, 4)
 
 
 def settle(
@@ -526,15 +502,23 @@ def settle(
     provider_code: str,
     period: str,
     divert: bool = True,
+    context: judgement.JudgementContext | None = None,
+    exemption: judgement.Exemption | None = None,
 ) -> SettlementReport:
     """Settle one provider's episodes for one period under one scheme.
 
     1. Each episode's decision gives its uncapped diversion: at-risk × (1 − release share),
        rounded down (rounding favours the provider).
-    2. Minimum sample: fewer valid responses than the scheme's minimum → nothing is diverted.
-    3. Cap: total diversion above cap_bps of the billed amount → every diversion scales down in
-       proportion, split by largest remainder so the pennies add up to exactly the cap.
-    4. Each episode's held amount goes to the provider (released) and the region's fund (diverted).
+    2. Exemption: a provider-period exempted for extraordinary circumstances diverts nothing.
+    3. Minimum sample: fewer valid responses than the scheme's minimum → nothing is diverted.
+    4. Gate (scheme ``[gate]``): nothing is diverted unless the provider-period's measure is worse
+       than the benchmark beyond the funnel limit (``judgement.judge``, from ``context``).
+    5. Case mix (``[casemix]``): the total is scaled by min(1, benchmark / case-mix expected share).
+    6. Cap: total diversion above cap_bps of the billed amount → the cap.
+    7. Improvement credit (``[improvement]``): ``credit_bps`` of that total is earned back.
+    8. The total is split over the episodes in proportion to their uncapped diversions, by largest
+       remainder so the pennies add up exactly (unchanged when no rule reduced it); each episode's
+       held amount goes to the provider (released) and the region's fund (diverted).
     """
     mine = sorted(
         (e for e in episodes if e.provider_code == provider_code and e.period == period and e.scheme_id == scheme.scheme_id
@@ -542,6 +526,8 @@ def settle(
         key=lambda e: e.episode_id,
     )
     check(len({e.episode_id for e in mine}) == len(mine), "one settlement line per episode")
+    check(exemption is None or (exemption.provider_code, exemption.period) == (provider_code, period),
+          "an exemption of this provider-period")
     region = mine[0].region_code if mine else ""
     report = SettlementReport(provider_code, region, period, scheme.key)
     # decide() keeps an episode's own answers; handing it only those makes a unit linear in its
@@ -557,24 +543,50 @@ def settle(
     report.episodes = len(mine)
     report.cap_pence = bps_of(report.billed_pence, scheme.cap_bps)
     steps_common: list[str] = []
+    total_uncapped = sum(uncapped)
     if not divert:
         diverted = [0] * len(mine)
         steps_common.append("period already settled: late episode released in full")
+    elif exemption is not None:
+        report.exempted, report.exemption_reason = True, exemption.reason
+        diverted = [0] * len(mine)
+        steps_common.append(f"exempted for extraordinary circumstances by {exemption.exempted_by}"
+                            f" ({exemption.exempted_at.isoformat()}): {exemption.reason}: nothing diverted")
     elif report.responses < scheme.min_responses_per_period:
-        report.min_sample_applied = sum(uncapped) > 0
+        report.min_sample_applied = total_uncapped > 0
         diverted = [0] * len(mine)
         steps_common.append(
             f"minimum sample not met ({report.responses} < {scheme.min_responses_per_period} responses): nothing diverted"
         )
-    elif sum(uncapped) > report.cap_pence:
-        report.cap_applied = True
-        diverted = split_largest_remainder(report.cap_pence, uncapped)
-        steps_common.append(
-            f"cap applied: diversions of {sum(uncapped)}p exceed {scheme.cap_bps} bps of {report.billed_pence}p billed"
-            f" = {report.cap_pence}p; scaled down by largest remainder"
-        )
     else:
-        diverted = uncapped
+        verdict = judgement.judge(scheme, provider_code=provider_code, region_code=region, context=context)
+        _report_verdict(report, verdict, scheme)
+        steps_common.extend(verdict.steps)
+        if not verdict.diverts:
+            target = 0
+        else:
+            target = judgement.adjusted_total(total_uncapped, verdict.casemix_factor)
+            if target > report.cap_pence:
+                report.cap_applied = True
+                steps_common.append(
+                    f"cap applied: diversions of {target}p exceed {scheme.cap_bps} bps of {report.billed_pence}p billed"
+                    f" = {report.cap_pence}p; scaled down by largest remainder"
+                )
+                target = report.cap_pence
+            if verdict.credit_bps:
+                report.credit_pence = judgement.credit_pence(target, verdict.credit_bps)
+                steps_common.append(f"improvement credit: {verdict.credit_bps} bps of {target}p = {report.credit_pence}p"
+                                    " released instead of diverted")
+                target -= report.credit_pence
+        if target == total_uncapped:
+            diverted = uncapped
+        elif target == 0:
+            diverted = [0] * len(mine)
+        else:
+            diverted = split_largest_remainder(target, uncapped)
+            if verdict.casemix_factor < 1 or verdict.credit_bps:
+                steps_common.append(f"{target}p diverted in all, shared in proportion to each episode's uncapped diversion")
+    report.judgement_steps = tuple(steps_common)
     for e, d, u, dv in zip(mine, decisions, uncapped, diverted):
         check(0 <= dv <= u <= e.at_risk_pence, "diversion within at-risk amount")
         released = e.at_risk_pence - dv
@@ -591,13 +603,42 @@ def settle(
         report.diverted_pence += dv
     check(report.released_pence + report.diverted_pence == report.held_pence, "held = released + diverted")
     check(report.diverted_pence <= report.cap_pence, "diversion within cap")
+    check(not report.exempted or report.diverted_pence == 0, "an exempted provider-period diverts nothing")
+    check(report.gate_opened is not False or report.diverted_pence == 0, "a closed gate diverts nothing")
     return report
+
+
+def _report_verdict(report: SettlementReport, verdict: judgement.Verdict, scheme: Scheme) -> None:
+    ex = verdict.expected
+    if ex is None:
+        return
+    report.measured_responses, report.measured_events = ex.responses, ex.observed
+    report.benchmark_pct = _pct(ex.benchmark_rate)
+    report.adjusted_expected_pct = _pct(ex.expected_rate)  # the benchmark's share itself without case mix
+    if scheme.casemix is not None:
+        report.casemix_factor = round(float(verdict.casemix_factor), 6)
+    if verdict.gate is not None:
+        report.gate_applied, report.gate_opened = True, verdict.gate.opened
+        report.upper_limit_count = verdict.gate.upper_limit_count
 
 
 # ---------------------------------------------------------------------------------------------
 # Appeals
 # ---------------------------------------------------------------------------------------------
 AppealStatus = Literal["open", "upheld", "rejected"]
+AppealOutcome = Literal["upheld", "rejected"]
+
+
+class NotFound(LookupError):
+    """No such episode or appeal. HTTP 404."""
+
+
+class Refused(ValueError):
+    """A request the rules do not allow now (window closed, nothing diverted, decided). HTTP 409."""
+
+
+class SameActor(PermissionError):
+    """The person who appealed tried to decide the appeal (separation of duties). HTTP 403."""
 
 
 def appeal_deadline(settled_at: datetime, scheme: Scheme) -> datetime:
@@ -628,7 +669,18 @@ def appeal_refusal(
     return None
 
 
-def decision_refusal(status: AppealStatus, outcome: Literal["upheld", "rejected"]) -> str | None:
+def is_same_appeal(appealed_by: str, reason: str, *, existing_by: str, existing_reason: str) -> bool:
+    """The same person appealing again for the same reason: the existing appeal, unchanged (a retry)."""
+    return appealed_by == existing_by and reason == existing_reason
+
+
+def check_decider(decided_by: str, appealed_by: str) -> None:
+    """Separation of duties: whoever opened an appeal never decides it (SameActor, HTTP 403)."""
+    if decided_by == appealed_by:
+        raise SameActor(f"{decided_by} opened this appeal and cannot decide it; another authorised person must")
+
+
+def decision_refusal(status: AppealStatus, outcome: AppealOutcome) -> str | None:
     """An appeal is decided once; deciding it again the same way is an idempotent no-op (None)."""
     if status == "open" or status == outcome:
         return None

@@ -57,28 +57,16 @@ def region_label(region_code: str | None) -> str:
     return region_code if region_code in REGIONS else OTHER
 
 
-def payment_accepted(accepted: Any, amount_pence: int, region_code: str | None) -> None:
-    """Call after the accepting transaction committed. Counts only newly created payments."""
-    if accepted.status != "created":
-        return
-    region = region_label(region_code)
-    BILLED.labels(region).inc(amount_pence)
-    if accepted.at_risk_pence:
-        HELD.labels(region).inc(accepted.at_risk_pence)
-
-
-def payments_accepted(accepted: Iterable[tuple[Any, int, str | None]]) -> None:
-    """payment_accepted for a committed batch of (outcome, amount_pence, region_code): the same
-    totals, one increment per region instead of two label lookups and increments per payment."""
+def payments_accepted(created: Iterable[Any]) -> None:
+    """Call after the accepting transaction committed, with the episodes it created (never the
+    duplicates): billed and held per region, one increment per region and counter."""
     billed_pence: dict[str, int] = {}
     held_pence: dict[str, int] = {}
-    for outcome, amount_pence, region_code in accepted:
-        if outcome.status != "created":
-            continue
-        region = region_label(region_code)
-        billed_pence[region] = billed_pence.get(region, 0) + amount_pence
-        if outcome.at_risk_pence:
-            held_pence[region] = held_pence.get(region, 0) + outcome.at_risk_pence
+    for e in created:
+        region = region_label(e.region_code)
+        billed_pence[region] = billed_pence.get(region, 0) + e.amount_pence
+        if e.at_risk_pence:
+            held_pence[region] = held_pence.get(region, 0) + e.at_risk_pence
     for region, pence in billed_pence.items():
         BILLED.labels(region).inc(pence)
     for region, pence in held_pence.items():
@@ -90,7 +78,7 @@ def settlement_run(trigger: str) -> None:
 
 
 def unit_settled(summary: dict[str, Any] | None) -> None:
-    """Call after the unit's transaction committed, with settle_unit's report (None: nothing new)."""
+    """Call after the unit's transaction committed, with its report (None: nothing new)."""
     if not summary:
         return
     region = region_label(summary.get("region_code"))

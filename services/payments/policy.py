@@ -18,6 +18,14 @@ POLICY = {
     ("POST", "/v1/settlements/run"): Rule(
         "schemes:admin", "settles only the providers it acts for (national, their region, the trust)",
         "403 a provider or region outside the binding; 409 a period whose decision window is still open"),
+    ("GET", "/v1/settlements/jobs"): Rule(
+        "schemes:admin", "lists the jobs it started, and jobs for providers or regions it acts for (national: all)",
+        "nothing: others are left out"),
+    ("GET", "/v1/settlements/jobs/{job_id}"): Rule(
+        "schemes:admin", "a job it started, or one for a provider or region it acts for (national: any)",
+        "404, as for no such job"),
+    ("POST", "/v1/settlements/jobs/{job_id}/cancel"): Rule(
+        "schemes:admin", "as for reading the job", "404 outside the binding; 409 once the job has moved money"),
     ("GET", "/v1/settlements"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
     ("POST", "/v1/episodes/{episode_id}/appeal"): Rule(
         "appeals:write", "acts for the episode's provider (the trust itself, its region, or national)", "404 another trust's episode"),
@@ -29,4 +37,17 @@ POLICY = {
     ("GET", "/v1/funds/{region_code}/periods/{period}"): Rule(READ, "the region (national or region-bound tokens)",
                                                             "403 outside the binding"),
     ("GET", "/v1/ledger-discrepancies"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    # Read models (read_api.py). Public aggregates for the portal's public pages:
+    ("GET", "/v1/publication/eligible-episodes"): Rule(
+        "reports:read", "lists the providers the binding sees", "nothing: others are left out"),
+    ("GET", "/v1/publication/providers/{provider_code}/money"): Rule(
+        "reports:read", "the provider", "403 outside the binding; 404 an unknown provider"),
+    ("GET", "/v1/publication/funds/{region_code}/inflows"): Rule(
+        "reports:read", "the region (national or region-bound tokens)", "403 outside the binding; 404 an unknown region"),
+    # ... and finance data, read with the user's own token:
+    ("GET", "/v1/providers/{provider_code}/settlements"): Rule(READ, "the provider", "403 outside the binding"),
+    ("GET", "/v1/settlements/{settlement_id}/episodes"): Rule(READ, "the settlement's provider", "404 outside the binding"),
+    ("GET", "/v1/settlements/{settlement_id}/episodes.csv"): Rule(READ, "the settlement's provider", "404 outside the binding"),
+    ("GET", "/v1/commissioners/{commissioner_code}/periods/{period}/providers"): Rule(
+        READ, "the commissioner (national, its region, or the ICB itself)", "403 outside the binding; 404 an unknown ICB"),
 }

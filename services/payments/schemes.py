@@ -72,6 +72,106 @@ class FftRelease(BaseModel):
 CHOICE_RELEASE_BPS: dict[PatientChoice, int] = {"pay_in_full": 10_000, "hold_back": 0, "not_sure": 10_000}
 
 
+# ---------------------------------------------------------------------------------------------
+# Judging fairly (issue 16): each an optional table of a scheme file; absent = today's rules.
+# The rules themselves are in ``judgement.py``; these are only their validated settings.
+# ---------------------------------------------------------------------------------------------
+Benchmark = Literal["national", "regional"]
+# Funnel limits as published (Spiegelhalter 2005): 95% (about 2 SD) and 99.8% (about 3 SD), two-sided.
+Level = Literal["95", "99.8"]
+LimitMethod = Literal["exact", "wilson"]
+# What counts as a bad answer, and over which answers (see judgement.MEASURES):
+# - fft_negative: Poor + Very poor over the answers with an opinion (Don't know left out);
+# - fft_negative_all: Poor + Very poor over every FFT answer, Don't know included (the FFT
+#   publication's own "% negative");
+# - fft_not_positive: Neither + Poor + Very poor over the answers with an opinion.
+Measure = Literal["fft_negative", "fft_negative_all", "fft_not_positive"]
+CaseMixFactor = Literal["service_type", "age_band", "imd_decile"]
+
+
+class Gate(BaseModel):
+    """Diversions apply only when the provider-period's measure is worse than the benchmark beyond
+    the funnel limit for its number of responses (NHS Best Practice Tariffs pay hip and knee
+    providers unless their outcomes are significantly below the national figure; PROM outliers
+    are judged on 95% / 99.8% funnels)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The same period's figure over every provider (national) or the provider's region's.
+    benchmark: Benchmark = "national"
+    # 99.8%: a provider is called worse than the benchmark only at about 3 SD, 1 in 1,000 by
+    # chance for a provider exactly at the benchmark; 95% calls 1 in 40 ordinary providers worse.
+    limit: Level = "99.8"
+    # exact: the exact one-sided binomial test (right for small numbers); wilson: the Wilson score
+    # limits p0 +- z sqrt(p0 (1 - p0) / n) as UKHSA Fingertips draws them.
+    method: LimitMethod = "exact"
+
+
+class CaseMix(BaseModel):
+    """Indirect standardisation of the expected measure by the episodes' setting, age band and
+    deprivation decile (the national PROMs programme adjusts for case mix)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    by: tuple[CaseMixFactor, ...] = ("service_type", "age_band", "imd_decile")
+    # An episode without an age band or decile: "coarser" rates it by the stratum of the factors
+    # it has (a maternity episode of unknown age by maternity's rate); "overall" by the overall
+    # benchmark rate (neutral: neither credits nor penalises). Either way the report counts them.
+    unknown: Literal["coarser", "overall"] = "coarser"
+    # A stratum with fewer reference responses has no stable rate of its own: its episodes are
+    # rated by the overall benchmark rate (shared/stats/casemix.py's fallback).
+    min_records_per_stratum: int = Field(default=20, ge=1, le=100_000)
+    # The reference population; None: the gate's benchmark, else national.
+    benchmark: Benchmark | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _factors(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one factor (service_type, age_band, imd_decile)")
+        if len(set(v)) != len(v):
+            raise ValueError("each factor once")
+        return v
+
+
+class Improvement(BaseModel):
+    """A provider significantly better than its own baseline period earns back a share of its
+    diversions (CMS Hospital Value-Based Purchasing scores improvement on the hospital's own
+    baseline as well as achievement)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # year_before: the same month a year earlier; fixed: ``baseline_period``.
+    baseline: Literal["year_before", "fixed"] = "year_before"
+    baseline_period: str | None = Field(default=None, pattern=r"^20[0-9]{2}-(0[1-9]|1[0-2])$")
+    method: LimitMethod = "exact"
+    # 95%: credit returns money to a provider, so a lower bar than the gate's is acceptable.
+    level: Level = "95"
+    # Half of the period's diversions back: improvement is rewarded without cancelling the signal.
+    credit_bps: int = Field(default=5_000, ge=0, le=10_000)
+    # A baseline with fewer responses is too noisy to improve on: no credit.
+    min_baseline_responses: int = Field(default=30, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _baseline(self) -> "Improvement":
+        if (self.baseline == "fixed") != (self.baseline_period is not None):
+            raise ValueError('baseline_period is required with baseline = "fixed", and only then')
+        return self
+
+
+class Signals(BaseModel):
+    """How experience (FFT) and outcome (PROM "% improved") signals are weighted, in bps. Only
+    the combination is built (``judgement.weighted_signal``): the figure is reported; money still
+    moves on the FFT answers until PROM figures flow into payments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fft_weight_bps: int = Field(default=10_000, ge=0, le=10_000)
+    prom_weight_bps: int = Field(default=0, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _weights(self) -> "Signals":
+        if self.fft_weight_bps + self.prom_weight_bps != 10_000:
+            raise ValueError("fft_weight_bps + prom_weight_bps must be 10000")
+        return self
+
+
 class Scheme(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -104,6 +204,13 @@ class Scheme(BaseModel):
     allow_amendments: bool = False
     # US VBP allows 90 days to ask for an exception; 30 days keeps the monthly cycle short.
     appeal_window_days: int = Field(default=30, ge=0, le=366)
+    # Judging fairly (README "Money decisions"): all absent by default, so a scheme without these
+    # tables settles exactly as before.
+    measure: Measure = "fft_negative"
+    gate: Gate | None = None
+    casemix: CaseMix | None = None
+    improvement: Improvement | None = None
+    signals: Signals = Signals()
 
     @field_validator("effective_to")
     @classmethod
@@ -117,6 +224,13 @@ class Scheme(BaseModel):
     def _cap_within_risk(self) -> "Scheme":
         if self.cap_bps > self.at_risk_bps:
             raise ValueError("cap_bps cannot exceed at_risk_bps (a provider cannot lose more than was at risk)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_benchmark(self) -> "Scheme":
+        # One reference population for every rule of a scheme, so the gate and the case mix agree.
+        if self.gate is not None and self.casemix is not None and self.casemix.benchmark not in (None, self.gate.benchmark):
+            raise ValueError("casemix.benchmark must be the gate's benchmark (or left out)")
         return self
 
     @property

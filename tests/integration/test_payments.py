@@ -16,7 +16,7 @@ from services.payments.settings import PaymentsSettings
 from shared.contracts import FeedbackReceived, PaymentRequested, envelope
 from shared.topics import FEEDBACK_RECEIVED, LEDGER_TRANSFER_REQUESTS, PAYMENTS_REQUESTED, PAYMENTS_REQUESTED_DLQ
 from tests.conftest import running
-from tests.helpers import eventually, publish, read_topic
+from tests.helpers import eventually, publish, read_topic, settle
 
 pytestmark = pytest.mark.integration
 
@@ -124,9 +124,9 @@ async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_boo
         assert len(ep["answers"]) == 1
         assert ep["decision"]["release_bps"] == 0 and ep["decision"]["final"] is False
         period = pr.activity_date.strftime("%Y-%m")
-        reports = (await http.post("/v1/settlements/run", json={"period": period})).json()
+        reports = await settle(http, "", {"period": period})
         assert [r["diverted_pence"] for r in reports] == [12_345]
-        assert (await http.post("/v1/settlements/run", json={"period": period})).json() == []
+        assert await settle(http, "", {"period": period}) == []
         ep = (await http.get(f"/v1/episodes/{pr.episode_id}")).json()
         assert ep["status"] == "settled" and ep["decision"]["final"] is True
         assert any("diverted 12345p" in step for step in ep["decision"]["steps"])
@@ -141,3 +141,21 @@ async def test_kafka_feedback_before_payment_then_settlement(settings, kafka_boo
     assert (release["kind"], release["pending_id"], release["legs"]) == ("void_pending", f"hold:{pr.payment_id}", [])
     assert {leg["account_id"]: leg["amount_pence"] for leg in divert["legs"]} == {"commissioner:QWE": -12_345, "fund:Y56": 12_345}
     assert {r.key for r in requests if json.loads(r.value)["data"]["cause"]["payment_id"] == pr.payment_id} == {pr.payment_id.encode()}
+
+
+async def test_a_race_the_unit_of_work_cannot_resolve_is_a_409_with_errors(settings, monkeypatch) -> None:
+    """Concurrent writers of the same ids on every try (the unit of work gave up): the client is
+    told to send it again; the single route is a batch of one and answers the same way."""
+    from services.payments.handlers import PaymentsHandlers
+    from shared.uow import Raced
+
+    async def always_raced(self, commands):  # type: ignore[no-untyped-def]
+        raise Raced("another writer every time")
+
+    monkeypatch.setattr(PaymentsHandlers, "accept_payments", always_raced)
+    run = uuid.uuid4().hex[:6]
+    async with running(create_app(settings)) as http:
+        for path, body in (("/v1/payment-requests", payment(run)), ("/v1/payment-requests/batch", [payment(run)])):
+            r = await http.post(path, json=body)
+            assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json"), r.text
+            assert "send it again" in r.json()["detail"] and r.json()["errors"][0]["field"] == "(body)"

@@ -38,7 +38,7 @@ from shared.contracts import FeedbackReceived, PaymentRequested, envelope
 from shared.topics import FEEDBACK_RECEIVED, PAYMENTS_REQUESTED
 from shared.auth import bearer_headers
 from tests.conftest import running
-from tests.helpers import eventually, publish
+from tests.helpers import eventually, publish, settle
 
 # The actor recorded for each appeal step is the token's subject, not what the body claims.
 PROVIDER = bearer_headers(["appeals:write"], subject="finance.lead@rj1.nhs.uk")
@@ -177,9 +177,7 @@ async def lifecycle(hold_model: str, database: str, second_database: str, kafka_
         assert early.json()["status"] == "held" and early.json()["decision"]["final"] is False
 
         # Settle the month (the schedule does the same once every window has passed).
-        r = await pay.post("/v1/settlements/run", json={"period": PERIOD})
-        assert r.status_code == 200, r.text
-        reports = {s["provider_code"]: s for s in r.json()}
+        reports = {s["provider_code"]: s for s in await settle(pay, "", {"period": PERIOD})}
         assert set(reports) == {"RJ1", "RTH", "RA7", "RTD", "RR8"}
         rj1, rth, ra7, rtd = reports["RJ1"], reports["RTH"], reports["RA7"], reports["RTD"]
         assert (rj1["billed_pence"], rj1["held_pence"], rj1["released_pence"], rj1["diverted_pence"]) == (700_000, 70_000, 35_000, 35_000)
@@ -188,7 +186,7 @@ async def lifecycle(hold_model: str, database: str, second_database: str, kafka_
         assert (ra7["diverted_pence"], ra7["responses"], ra7["min_sample_applied"]) == (0, 2, True)
         assert rtd["diverted_pence"] == 10_000
         # Idempotent per provider and period.
-        assert (await pay.post("/v1/settlements/run", json={"period": PERIOD})).json() == []
+        assert await settle(pay, "", {"period": PERIOD}) == []
         listed = (await pay.get(f"/v1/settlements?period={PERIOD}")).json()
         assert {s["provider_code"] for s in listed} == set(reports)
 
@@ -321,7 +319,7 @@ async def lifecycle(hold_model: str, database: str, second_database: str, kafka_
             return True
 
         await eventually(markers_in, timeout_s=60)
-        assert (await pay.post("/v1/settlements/run", json={"period": PERIOD})).json() == []
+        assert await settle(pay, "", {"period": PERIOD}) == []
         await eventually(lambda: _all(ledger, expected), timeout_s=60)
         dec = (await pay.get(f"/v1/episodes/ep-{run}-dec")).json()
         assert dec["diverted_pence"] == 10_000 and dec["answers"][-1]["role"].startswith("received after settlement")

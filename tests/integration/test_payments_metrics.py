@@ -7,11 +7,11 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import asyncpg
 import pytest
+
+from tests.helpers import settle
 from prometheus_client import REGISTRY
 
-from services.payments import store
 from services.payments.app import create_app
 from services.payments.settings import PaymentsSettings
 from shared.auth import bearer_headers
@@ -48,23 +48,20 @@ async def test_money_counters_count_each_committed_fact_once(database, kafka_boo
             "provider_code": "RJ1", "service_type": "maternity", "activity_date": activity.isoformat(),
             "amount_pence": 123_457}
     before = snapshot()
-    async with running(create_app(settings)) as http:
+    app = create_app(settings)
+    async with running(app) as http:
         assert (await http.post("/v1/payment-requests", json=body)).status_code == 201
         assert (await http.post("/v1/payment-requests", json=body)).status_code == 200  # duplicate: not counted
         assert (await http.post("/v1/payment-requests", json={**body, "amount_pence": 1})).status_code == 409
-        # The patient answers "Very poor" (recorded directly: the Kafka path is tested elsewhere).
-        conn = await asyncpg.connect(database)
-        try:
-            await store.record_answer(conn, FeedbackReceived(
-                submission_id=f"s-{run}", episode_id=f"ep-{run}", provider_code="RJ1", patient_pseudonym="a" * 64,
-                instrument="fft", fft_answer=5,
-                authored_at=datetime(activity.year, activity.month, activity.day, tzinfo=timezone.utc) + timedelta(days=3)))
-        finally:
-            await conn.close()
+        # The patient answers "Very poor" (through the handler: the Kafka path is tested elsewhere).
+        await app.state.runtime.handlers.record_answers([FeedbackReceived(
+            submission_id=f"s-{run}", episode_id=f"ep-{run}", provider_code="RJ1", patient_pseudonym="a" * 64,
+            instrument="fft", fft_answer=5,
+            authored_at=datetime(activity.year, activity.month, activity.day, tzinfo=timezone.utc) + timedelta(days=3))])
         period = activity.strftime("%Y-%m")
-        reports = (await http.post("/v1/settlements/run", json={"period": period})).json()
+        reports = await settle(http, "", {"period": period})
         assert [r["diverted_pence"] for r in reports] == [12_345]
-        assert (await http.post("/v1/settlements/run", json={"period": period})).json() == []  # nothing new
+        assert await settle(http, "", {"period": period}) == []  # nothing new
         appeal = {"reason": "miscoded episode"}
         assert (await http.post(f"/v1/episodes/ep-{run}/appeal", json=appeal)).status_code == 201
         decision = {"outcome": "upheld", "reason": "agreed"}

@@ -21,6 +21,14 @@ def ep(model: domain.HoldModel = "held_account") -> domain.Episode:
                               amount_pence=100_000, scheme=SCHEME, hold_model=model)
 
 
+def payment_transfers(e: domain.Episode) -> tuple[TransferRequested, ...]:
+    return tuple(p.request() for p in domain.payment_plan(e))
+
+
+def settlement_transfers(e: domain.Episode, *, released_pence: int, diverted_pence: int) -> tuple[TransferRequested, ...]:
+    return tuple(p.request() for p in domain.settlement_plan(e, released_pence=released_pence, diverted_pence=diverted_pence))
+
+
 def refusal(**kw) -> str | None:  # type: ignore[no-untyped-def]
     base = {"status": "settled", "diverted_pence": 10_000, "settled_at": SETTLED, "now": SETTLED + timedelta(days=1),
             "scheme": SCHEME, "existing": None}
@@ -93,16 +101,25 @@ def test_derived_transfer_ids_hold_the_whole_payment_id(length: int) -> None:
 
 def test_two_phase_transfers_for_partial_full_and_no_release() -> None:
     e = ep("two_phase")
-    pay, hold = domain.payment_transfers(e)
+    pay, hold = payment_transfers(e)
     assert (pay.transfer_id, pay.kind, hold.transfer_id, hold.kind) == ("pay:pay-1", "posted", "hold:pay-1", "pending")
     assert [(leg.account_id, leg.amount_pence) for leg in hold.legs] == [("commissioner:QWE", -10_000), ("provider:RJ1", 10_000)]
-    full = domain.settlement_transfers(e, released_pence=10_000, diverted_pence=0, period="2026-05")
+    full = settlement_transfers(e, released_pence=10_000, diverted_pence=0)
     assert [(t.transfer_id, t.kind, t.pending_id, t.legs) for t in full] == [("release:pay-1", "post_pending", "hold:pay-1", ())]
-    part = domain.settlement_transfers(e, released_pence=4_000, diverted_pence=6_000, period="2026-05")
+    part = settlement_transfers(e, released_pence=4_000, diverted_pence=6_000)
     assert [(t.transfer_id, t.kind) for t in part] == [("release:pay-1", "post_pending"), ("divert:pay-1", "posted")]
     assert [(leg.account_id, leg.amount_pence) for leg in part[0].legs] == [("commissioner:QWE", -4_000), ("provider:RJ1", 4_000)]
     assert [(leg.account_id, leg.amount_pence) for leg in part[1].legs] == [("commissioner:QWE", -6_000), ("fund:Y56", 6_000)]
-    none = domain.settlement_transfers(e, released_pence=0, diverted_pence=10_000, period="2026-05")
+    none = settlement_transfers(e, released_pence=0, diverted_pence=10_000)
     assert [(t.transfer_id, t.kind) for t in none] == [("release:pay-1", "void_pending"), ("divert:pay-1", "posted")]
     with pytest.raises(InvariantError):
-        domain.settlement_transfers(e, released_pence=1, diverted_pence=1, period="2026-05")
+        settlement_transfers(e, released_pence=1, diverted_pence=1)
+
+
+def test_separation_of_duties_and_repeats() -> None:
+    domain.check_decider("panel", "trust.lead")
+    with pytest.raises(domain.SameActor, match="trust.lead opened this appeal and cannot decide it"):
+        domain.check_decider("trust.lead", "trust.lead")
+    assert domain.is_same_appeal("a", "why", existing_by="a", existing_reason="why")
+    assert not domain.is_same_appeal("a", "why not", existing_by="a", existing_reason="why")
+    assert not domain.is_same_appeal("b", "why", existing_by="a", existing_reason="why")

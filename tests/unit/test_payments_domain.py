@@ -18,7 +18,6 @@ from services.payments.domain import (
     decide,
     fund_account,
     held_account,
-    hold,
     hold_transfer_id,
     period_of,
     provider_account,
@@ -29,6 +28,7 @@ from services.payments.domain import (
 from services.payments.schemes import FftRelease, Scheme
 from shared.contracts import FftAnswer, PaymentRequested
 from shared.money import BPS_WHOLE, InvariantError, bps_of
+from tests.unit.payments_reference import hold, line_transfer
 
 PROPS = settings(max_examples=150, deadline=None)
 ACTIVITY = date(2026, 5, 10)
@@ -148,8 +148,8 @@ def test_hold_and_settle_accept_every_valid_payment_id(length: int) -> None:
     assert t.cause.payment_id == payment_id
     assert payment_id in t.transfer_id
     r = settle([ep], [], s, provider_code="RJ1", period="2026-05")
-    assert r.lines[0].transfer is not None and payment_id in r.lines[0].transfer.transfer_id
-    assert len({t.transfer_id, r.lines[0].transfer.transfer_id}) == 2
+    assert line_transfer(r.lines[0]) is not None and payment_id in line_transfer(r.lines[0]).transfer_id
+    assert len({t.transfer_id, line_transfer(r.lines[0]).transfer_id}) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,13 +337,13 @@ def test_settle_transfers() -> None:
     eps = [episode("a", s=s), episode("b", s=s), episode("c", s=s)]
     answers = [fft("s1", "ep-a", FftAnswer.VERY_POOR), fft("s2", "ep-b", FftAnswer.POOR)]
     r = settle(eps, answers, s, provider_code="RJ1", period="2026-05")
-    legs = [[(leg.account_id, leg.amount_pence) for leg in line.transfer.legs] for line in r.lines]  # type: ignore[union-attr]
+    legs = [[(leg.account_id, leg.amount_pence) for leg in line_transfer(line).legs] for line in r.lines]  # type: ignore[union-attr]
     assert legs == [
         [("held:RJ1", -10_000), ("fund:Y56", 10_000)],
         [("held:RJ1", -10_000), ("provider:RJ1", 5_000), ("fund:Y56", 5_000)],
         [("held:RJ1", -10_000), ("provider:RJ1", 10_000)],
     ]
-    t = r.lines[1].transfer
+    t = line_transfer(r.lines[1])
     assert t is not None and t.transfer_id == "settle:pay-b"
     assert (t.cause.kind, t.cause.period, t.cause.scheme_id, t.cause.scheme_version, t.cause.episode_id) == (
         "settlement", "2026-05", "t-1", 1, "ep-b")
@@ -353,7 +353,7 @@ def test_settle_transfers() -> None:
 def test_settle_episode_with_nothing_at_risk_has_no_transfer() -> None:
     s = scheme(min_responses_per_period=0)
     r = settle([episode(1, amount=5, s=s)], [fft("s1", "ep-1", FftAnswer.VERY_POOR)], s, provider_code="RJ1", period="2026-05")
-    assert r.lines[0].transfer is None
+    assert line_transfer(r.lines[0]) is None
     assert (r.lines[0].released_pence, r.lines[0].diverted_pence) == (0, 0)
 
 
@@ -474,13 +474,14 @@ def test_settle_properties(case: tuple[Scheme, list[Episode], list[Answer]], rng
         if deciding is not None and deciding.fft_answer == FftAnswer.DONT_KNOW:
             assert line.diverted_pence == 0
         if e.at_risk_pence:
-            assert line.transfer is not None
-            legs = {leg.account_id: leg.amount_pence for leg in line.transfer.legs}
+            transfer = line_transfer(line)
+            assert transfer is not None
+            legs = {leg.account_id: leg.amount_pence for leg in transfer.legs}
             assert legs["held:RJ1"] == -e.at_risk_pence
             assert legs.get("provider:RJ1", 0) == line.released_pence
             assert legs.get("fund:Y56", 0) == line.diverted_pence
         else:
-            assert line.transfer is None
+            assert line_transfer(line) is None
 
     assert r.released_pence + r.diverted_pence == r.held_pence == sum(e.at_risk_pence for e in eps)
     assert r.diverted_pence <= r.held_pence
@@ -578,3 +579,67 @@ def test_a_period_settles_only_once_every_decision_window_has_closed() -> None:
     assert settlement_opens_on("2024-02", [0]) == date(2024, 3, 1)  # leap year
     assert latest_settleable_period(date(2026, 12, 2), 56) == "2026-09"
     assert latest_settleable_period(date(2026, 12, 27), 56) == "2026-10"
+
+
+def test_a_period_settles_once_and_later_units_are_supplementary() -> None:
+    from services.payments.domain import NotYet, require_settleable, unit_settlement
+
+    s = scheme()
+    assert unit_settlement("RJ1", "2026-05", s, 0) == ("RJ1:2026-05:t-1@1", True)
+    assert unit_settlement("RJ1", "2026-05", s, 1) == ("RJ1:2026-05:t-1@1:late-1", False)
+    assert unit_settlement("RJ1", "2026-05", s, 4) == ("RJ1:2026-05:t-1@1:late-4", False)
+    with pytest.raises(InvariantError):
+        unit_settlement("RJ1", "2026-05", s, -1)
+    require_settleable("2026-10", [56], date(2026, 12, 27))
+    with pytest.raises(NotYet) as caught:
+        require_settleable("2026-10", [56, 30], date(2026, 12, 26))
+    assert caught.value.opens_on == date(2026, 12, 27) and "may be settled from 2026-12-27" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planned transfers keep the contract's shape and the money invariants without a model
+# ---------------------------------------------------------------------------------------------
+def _planned_episode(model: str = "two_phase") -> Episode:
+    from services.payments.domain import new_episode
+
+    return new_episode(payment_id="pay-1", episode_id="ep-1", commissioner_code="QWE", provider_code="RJ1", region_code="Y56",
+                       service_type="inpatient", activity_date=ACTIVITY, amount_pence=100_000, scheme=scheme(),
+                       hold_model=model)  # type: ignore[arg-type]
+
+
+def test_planned_legs_keep_the_money_invariants() -> None:
+    from services.payments.domain import _planned
+
+    e = _planned_episode()
+    with pytest.raises(InvariantError, match="sum to zero"):
+        _planned("pay:pay-1", "posted", (("commissioner:QWE", -5), ("provider:RJ1", 4)), "payment", e)
+    with pytest.raises(InvariantError, match="non-zero"):
+        _planned("pay:pay-1", "posted", (("commissioner:QWE", 0), ("provider:RJ1", 0)), "payment", e)
+    with pytest.raises(InvariantError, match="two legs"):
+        _planned("pay:pay-1", "posted", (("commissioner:QWE", 0),), "payment", e)
+
+
+def test_planned_two_phase_steps_keep_the_contract_shape() -> None:
+    from services.payments.domain import _planned
+
+    e = _planned_episode()
+    with pytest.raises(InvariantError, match="pending"):
+        _planned("release:pay-1", "post_pending", (), "release", e)  # names no pending hold
+    with pytest.raises(InvariantError, match="no legs"):
+        _planned("release:pay-1", "void_pending", (("commissioner:QWE", -5), ("provider:RJ1", 5)), "release", e, "hold:pay-1")
+    with pytest.raises(InvariantError, match="sum to zero"):
+        _planned("release:pay-1", "post_pending", (("commissioner:QWE", -5), ("provider:RJ1", 4)), "release", e, "hold:pay-1")
+    with pytest.raises(InvariantError, match="no pending id"):
+        _planned("divert:pay-1", "posted", (("commissioner:QWE", -5), ("fund:Y56", 5)), "diversion", e, "hold:pay-1")
+
+
+@pytest.mark.parametrize("model", ["held_account", "two_phase"])
+def test_nothing_at_risk_settles_with_no_transfer(model: str) -> None:
+    from services.payments.domain import new_episode, settlement_plan
+
+    e = new_episode(payment_id="p", episode_id="e", commissioner_code="QWE", provider_code="RJ1", region_code="Y56",
+                    service_type="gp", activity_date=ACTIVITY, amount_pence=100_000, scheme=scheme(at_risk_bps=0, cap_bps=0),
+                    hold_model=model)  # type: ignore[arg-type]
+    assert settlement_plan(e, released_pence=0, diverted_pence=0) == ()
+    with pytest.raises(InvariantError):
+        settlement_plan(_planned_episode(model), released_pence=1, diverted_pence=1)  # held = released + diverted

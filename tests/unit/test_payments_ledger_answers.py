@@ -1,12 +1,13 @@
 """A batch of the ledger's answers leaves each transfer as recording them one by one would
-(store.final_ledger_answers; the database side is in tests/integration/test_payments_batch.py)."""
+(reconcile.final_answers, pure; the handler is tested in test_payments_handlers.py and the
+PostgreSQL adapter in tests/integration/test_payments_store.py)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.payments.store import final_ledger_answers
+from services.payments.reconcile import final_answers as final_ledger_answers
 from shared.contracts import TransferPosted
 
 STATUSES = ["requested", "posted", "pending", "voided", "rejected"]

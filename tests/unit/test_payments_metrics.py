@@ -1,11 +1,12 @@
-"""The consumer's per-batch money counters move exactly as per-payment ones would."""
+"""Money counters after a committed batch: billed and held per region, for new episodes only."""
 
 from __future__ import annotations
 
+from datetime import date
+
 from prometheus_client import REGISTRY
 
-from services.payments import metrics
-from services.payments.store import Accepted
+from services.payments import domain, metrics
 
 
 def _totals() -> dict[tuple[str, str], float]:
@@ -13,25 +14,24 @@ def _totals() -> dict[tuple[str, str], float]:
             for name in ("payments_billed_pence", "payments_held_pence") for region in (*metrics.REGIONS, metrics.OTHER)}
 
 
-def _accepted(status: str, at_risk_pence: int) -> Accepted:
-    return Accepted("pay-1", "ep-1", status, "held", at_risk_pence, None, None, "hold:pay-1")  # type: ignore[arg-type]
+def _episode(n: int, amount_pence: int, at_risk_pence: int, region_code: str) -> domain.Episode:
+    return domain.Episode(f"pay-{n}", f"ep-{n}", "QWE", "RJ1", region_code, "gp", date(2026, 5, 1), amount_pence, at_risk_pence,
+                          "s", 1, "two_phase")
 
 
-BATCH = [(_accepted("created", 100), 1_000, "Y56"), (_accepted("created", 0), 500, "Y56"),
-         (_accepted("duplicate", 7), 70, "Y58"), (_accepted("created", 30), 300, None),
-         (_accepted("created", 9), 90, "ZZZ"), (_accepted("created", 1), 10, "Y63")]
+CREATED = [_episode(1, 1_000, 100, "Y56"), _episode(2, 500, 0, "Y56"), _episode(3, 300, 30, "Y99"),
+           _episode(4, 90, 9, "ZZZ"), _episode(5, 10, 1, "Y63")]
 
 
-def test_payments_accepted_moves_the_counters_as_payment_accepted_one_by_one() -> None:
+def test_payments_accepted_counts_pence_per_region_and_folds_unknown_regions_into_other() -> None:
     before = _totals()
-    for outcome, amount, region in BATCH:
-        metrics.payment_accepted(outcome, amount, region)
-    one_by_one = {k: v - before[k] for k, v in _totals().items()}
-    before = _totals()
-    metrics.payments_accepted(BATCH)
-    batched = {k: v - before[k] for k, v in _totals().items()}
-    assert batched == one_by_one
-    assert batched[("payments_billed_pence", "Y56")] == 1_500 and batched[("payments_held_pence", "other")] == 39
+    metrics.payments_accepted(CREATED)
+    moved = {k: v - before[k] for k, v in _totals().items() if v != before[k]}
+    assert moved == {
+        ("payments_billed_pence", "Y56"): 1_500, ("payments_held_pence", "Y56"): 100,
+        ("payments_billed_pence", "other"): 390, ("payments_held_pence", "other"): 39,
+        ("payments_billed_pence", "Y63"): 10, ("payments_held_pence", "Y63"): 1,
+    }
 
 
 def test_an_empty_batch_moves_nothing() -> None:

@@ -1,0 +1,275 @@
+"""An in-memory ``ports.PaymentsStore`` for handler tests, with ``shared.uow.FakeUnitOfWork``.
+
+``FakePayments`` holds the committed state; each unit of work runs on a copy of it and keeps the
+copy only when the work returns (``FakeUnitOfWork``), as a PostgreSQL transaction would. Inserts
+behave like the real ones' ``ON CONFLICT DO NOTHING``: a taken id is skipped and reported (a count,
+or False). ``rival`` simulates another writer committing between a handler's read and its insert:
+the rival's rows land in the committed state and in the running transaction's view of the unique
+keys, exactly what makes the real insert skip them; the next run of the work sees them. The
+PostgreSQL adapter is proven against the same behaviours in tests/integration/test_payments_store.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from services.payments import domain, judgement
+from services.payments.handlers import PaymentsHandlers
+from services.payments.intake import Stored
+from services.payments.ports import AppealRecord, AppealTarget, EpisodeRow, NewAppeal, Unit
+from services.payments.reconcile import Answered, Tracked
+from services.payments.schemes import SchemeBook
+from shared.contracts import FeedbackReceived, TransferPosted
+from shared.events import Row
+from shared.reference import ReferenceData
+from shared.uow import FakeUnitOfWork
+
+
+@dataclass
+class EpisodeRecord:
+    row: EpisodeRow
+    status: str
+    settlement_id: str | None = None
+    released_pence: int | None = None
+    diverted_pence: int | None = None
+    decision: dict[str, Any] | None = None
+
+
+@dataclass
+class State:
+    episodes: dict[str, EpisodeRecord] = field(default_factory=dict)  # by episode id
+    answers: dict[str, FeedbackReceived] = field(default_factory=dict)  # by submission id
+    transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # ledger_transfers, by transfer id
+    outbox: list[Row] = field(default_factory=list)
+    settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    appeals: dict[str, dict[str, Any]] = field(default_factory=dict)  # by episode id
+    appeal_steps: list[dict[str, Any]] = field(default_factory=list)
+    exemptions: dict[tuple[str, str], judgement.Exemption] = field(default_factory=dict)  # by (provider, period)
+
+    def by_payment(self, payment_id: str) -> EpisodeRecord | None:
+        return next((r for r in self.episodes.values() if r.row.episode.payment_id == payment_id), None)
+
+
+Rival = Callable[[State], None]  # commits rows of another writer into a state
+
+
+class FakePaymentsStore:
+    """``ports.PaymentsStore`` over one transaction's copy of the state."""
+
+    def __init__(self, state: State, world: FakePayments) -> None:
+        self.s = state
+        self.world = world
+
+    def _call(self, name: str) -> None:
+        self.world.calls[name] += 1
+
+    def _rival(self, name: str) -> None:
+        """Another writer commits now (once): into the committed state and into this view."""
+        rival = self.world.rivals.pop(name, None)
+        if rival is not None:
+            rival(self.world.uow.state)
+            rival(self.s)
+
+    # -- payment requests ---------------------------------------------------------------------
+    async def stored_episodes(self, payment_ids: Sequence[str], episode_ids: Sequence[str]) -> list[Stored]:
+        self._call("stored_episodes")
+        pids, eids = set(payment_ids), set(episode_ids)
+        return [Stored(r.row.episode, r.row.fingerprint, r.row.request_json, r.status) for r in self.s.episodes.values()
+                if r.row.episode.payment_id in pids or r.row.episode.episode_id in eids]
+
+    async def insert_episodes(self, rows: Sequence[EpisodeRow]) -> int:
+        self._call("insert_episodes")
+        self._rival("insert_episodes")
+        inserted = 0
+        for row in rows:
+            e = row.episode
+            if e.episode_id in self.s.episodes or self.s.by_payment(e.payment_id) is not None:
+                continue
+            self.s.episodes[e.episode_id] = EpisodeRecord(row, row.status)
+            inserted += 1
+        return inserted
+
+    async def request_transfers(self, tracked: Sequence[Tracked], rows: Sequence[Row]) -> None:
+        self._call("request_transfers")
+        for t in tracked:
+            self.s.transfers.setdefault(t.transfer_id, {"episode_id": t.episode_id, "kind": t.kind,
+                                                        "expected_status": t.expected_status, "status": "requested",
+                                                        "entry_seq": None, "reason": None, "discrepancy": None})
+        self.s.outbox.extend(rows)
+
+    # -- answers ------------------------------------------------------------------------------
+    async def insert_answers(self, answers: Sequence[FeedbackReceived]) -> set[str]:
+        self._call("insert_answers")
+        new = set()
+        for fb in answers:
+            if fb.submission_id not in self.s.answers:
+                self.s.answers[fb.submission_id] = fb
+                new.add(fb.submission_id)
+        return new
+
+    async def record_ledger_answers(self, final: Sequence[TransferPosted]) -> list[Answered]:
+        self._call("record_ledger_answers")
+        out = []
+        for a in final:
+            t = self.s.transfers.get(a.transfer_id)
+            if t is None or t["status"] == "posted":
+                continue
+            t.update(status=a.status, entry_seq=a.entry_seq, reason=a.reason)
+            out.append(Answered(a.transfer_id, t["expected_status"], t["discrepancy"]))
+        return out
+
+    async def record_discrepancies(self, found: Sequence[tuple[str, str]]) -> None:
+        self._call("record_discrepancies")
+        for transfer_id, why in found:
+            self.s.transfers[transfer_id]["discrepancy"] = why
+
+    # -- settlement ---------------------------------------------------------------------------
+    def _held(self, period: str) -> list[EpisodeRecord]:
+        return [r for r in self.s.episodes.values() if r.status == "held" and r.row.episode.period == period]
+
+    async def held_units(self, period: str, provider_code: str | None, region_code: str | None) -> list[Unit]:
+        self._call("held_units")
+        return sorted({Unit(r.row.episode.provider_code, r.row.episode.scheme_id, r.row.episode.scheme_version)  # type: ignore[arg-type]
+                       for r in self._held(period)
+                       if provider_code in (None, r.row.episode.provider_code)
+                       and region_code in (None, r.row.episode.region_code)})
+
+    async def lock_held_episodes(self, unit: Unit, period: str) -> list[domain.Episode]:
+        self._call("lock_held_episodes")
+        return sorted((r.row.episode for r in self._held(period)
+                       if (r.row.episode.provider_code, r.row.episode.scheme_id, r.row.episode.scheme_version) == unit),
+                      key=lambda e: e.episode_id)
+
+    async def answers_of(self, episode_ids: Sequence[str]) -> list[domain.Answer]:
+        self._call("answers_of")
+        ids = set(episode_ids)
+        return [domain.Answer(a.submission_id, a.episode_id, a.instrument, a.authored_at,  # type: ignore[arg-type]
+                              a.fft_answer, a.patient_choice)
+                for a in self.s.answers.values() if a.episode_id in ids]
+
+    async def count_settlements(self, unit: Unit, period: str) -> int:
+        self._call("count_settlements")
+        return sum(1 for s in self.s.settlements.values()
+                   if (s["provider_code"], s["scheme_id"], s["scheme_version"]) == unit and s["period"] == period)
+
+    async def insert_settlement(self, settlement_id: str, unit: Unit, report: domain.SettlementReport, run_by: str) -> bool:
+        self._call("insert_settlement")
+        self._rival("insert_settlement")
+        if settlement_id in self.s.settlements:
+            return False
+        self.s.settlements[settlement_id] = {
+            "settlement_id": settlement_id, "provider_code": unit.provider_code, "scheme_id": unit.scheme_id,
+            "scheme_version": unit.scheme_version, "period": report.period, "region_code": report.region_code,
+            "run_by": run_by, "run_at": self.world.clock(), "released_pence": report.released_pence,
+            "diverted_pence": report.diverted_pence, "held_pence": report.held_pence, "exempted": report.exempted,
+            "gate_applied": report.gate_applied, "gate_opened": report.gate_opened, "credit_pence": report.credit_pence,
+            "upper_limit_count": report.upper_limit_count, "judgement_steps": list(report.judgement_steps)}
+        return True
+
+    # -- judging fairly -----------------------------------------------------------------------
+    async def judgement_counts(self, period: str, window_days: int) -> judgement.PeriodCounts:
+        self._call("judgement_counts")
+        episodes = [r.row.episode for r in self.s.episodes.values()]
+        answers = [domain.Answer(a.submission_id, a.episode_id, a.instrument, a.authored_at,  # type: ignore[arg-type]
+                                 a.fft_answer, a.patient_choice) for a in self.s.answers.values()]
+        return judgement.counts_from_records(episodes, answers, period, window_days)
+
+    async def exemption_of(self, provider_code: str, period: str) -> judgement.Exemption | None:
+        self._call("exemption_of")
+        return self.s.exemptions.get((provider_code, period))
+
+    async def provider_period_settled(self, provider_code: str, period: str) -> bool:
+        self._call("provider_period_settled")
+        return any(s["provider_code"] == provider_code and s["period"] == period for s in self.s.settlements.values())
+
+    async def insert_exemption(self, exemption: judgement.Exemption) -> bool:
+        self._call("insert_exemption")
+        self._rival("insert_exemption")
+        key = (exemption.provider_code, exemption.period)
+        if key in self.s.exemptions:
+            return False
+        self.s.exemptions[key] = exemption
+        return True
+
+    async def mark_settled(self, settlement_id: str, lines: Sequence[domain.EpisodeSettlement]) -> None:
+        self._call("mark_settled")
+        for line in lines:
+            r = self.s.episodes[line.episode.episode_id]
+            r.status, r.settlement_id = "settled", settlement_id
+            r.released_pence, r.diverted_pence = line.released_pence, line.diverted_pence
+            r.decision = {**vars(line.decision), "steps": list(line.steps), "transfer_ids": [p.transfer_id for p in line.plan]}
+
+    # -- appeals ------------------------------------------------------------------------------
+    async def appeal_target(self, episode_id: str, *, lock: bool) -> AppealTarget | None:
+        self._call("appeal_target")
+        r = self.s.episodes.get(episode_id)
+        if r is None:
+            return None
+        settled_at = self.s.settlements[r.settlement_id]["run_at"] if r.settlement_id else None
+        return AppealTarget(r.row.episode, r.status, r.diverted_pence, settled_at)
+
+    async def appeal(self, episode_id: str, *, lock: bool) -> AppealRecord | None:
+        self._call("appeal")
+        a = self.s.appeals.get(episode_id)
+        if a is None:
+            return None
+        return AppealRecord(a["appeal_id"], episode_id, a["status"], a["diverted_pence"], a["appealed_by"], a["reason"])
+
+    async def insert_appeal(self, appeal: NewAppeal) -> bool:
+        self._call("insert_appeal")
+        self._rival("insert_appeal")
+        e = appeal.episode
+        if e.episode_id in self.s.appeals:
+            return False
+        self.s.appeals[e.episode_id] = {
+            "appeal_id": appeal.appeal_id, "episode_id": e.episode_id, "payment_id": e.payment_id,
+            "provider_code": e.provider_code, "region_code": e.region_code, "period": e.period,
+            "diverted_pence": appeal.diverted_pence, "status": "open", "reason": appeal.reason,
+            "appealed_by": appeal.appealed_by, "appealed_at": appeal.appealed_at, "deadline": appeal.deadline,
+            "decided_by": None, "decided_at": None, "decision_reason": None, "transfer_id": None}
+        return True
+
+    async def decide_appeal(self, appeal_id: str, *, outcome: domain.AppealOutcome, decided_by: str, reason: str,
+                            at: datetime, transfer_id: str | None) -> None:
+        self._call("decide_appeal")
+        a = next(a for a in self.s.appeals.values() if a["appeal_id"] == appeal_id)
+        a.update(status=outcome, decided_by=decided_by, decided_at=at, decision_reason=reason, transfer_id=transfer_id)
+
+    async def add_appeal_step(self, appeal_id: str, *, step: str, actor: str, reason: str, at: datetime) -> None:
+        self._call("add_appeal_step")
+        self.s.appeal_steps.append({"appeal_id": appeal_id, "step": step, "actor": actor, "reason": reason, "at": at})
+
+    async def appeal_view(self, episode_id: str) -> dict[str, Any] | None:
+        a = self.s.appeals.get(episode_id)
+        if a is None:
+            return None
+        history = [{k: s[k] for k in ("step", "actor", "reason", "at")} for s in self.s.appeal_steps
+                   if s["appeal_id"] == a["appeal_id"]]
+        return {**a, "history": history}
+
+
+class FakePayments:
+    """The handlers over the fake store: ``.handlers``, ``.state`` (committed), ``.uow``."""
+
+    def __init__(self, *, book: SchemeBook, ref: ReferenceData, hold_model: domain.HoldModel = "two_phase",
+                 today: date = date(2026, 12, 2), activity_date_max_age_days: int = 730) -> None:
+        self.now = datetime(today.year, today.month, today.day, 9, tzinfo=timezone.utc)
+        self.calls: Counter[str] = Counter()
+        self.rivals: dict[str, Rival] = {}
+        self.uow: FakeUnitOfWork[FakePaymentsStore] = FakeUnitOfWork(State(), lambda draft: FakePaymentsStore(draft, self))
+        self.handlers = PaymentsHandlers(self.uow, book=book, ref=ref, hold_model=hold_model,
+                                         activity_date_max_age_days=activity_date_max_age_days, clock=self.clock)
+
+    @property
+    def state(self) -> State:
+        return self.uow.state
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
