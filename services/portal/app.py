@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.portal import rendering, routes, views
+from services.portal import rendering, routes, session, views
 from services.portal.settings import PortalSettings
+from services.portal.tokens import ServiceToken
+from services.portal.upstream import Upstreams, UpstreamError
 from shared.reference import load_reference
 
 log = logging.getLogger("portal")
@@ -102,21 +106,39 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
     settings = settings or PortalSettings()
     env = rendering.make_environment()
     _check_templates(env)
+    upstreams = Upstreams.from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await upstreams.start()  # pooled clients, one per service, closed on the way out
+        try:
+            yield
+        finally:
+            await upstreams.close()
+
     app = FastAPI(
         title="Patient Power portal",
         version="0.1.0",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # an HTML portal, not an API
+        lifespan=lifespan,
     )
+    reference = load_reference()
     app.state.settings = settings
     app.state.templates = env
-    app.state.regions = tuple(views.RegionLink(code, name) for code, name in sorted(load_reference().regions.items()))
+    app.state.reference = reference
+    app.state.upstreams = upstreams
+    app.state.service_token = ServiceToken(token_file=settings.service_token_file, development=settings.development)
+    app.state.regions = tuple(views.RegionLink(code, name) for code, name in sorted(reference.regions.items()))
 
-    def error_page(status_code: int, detail: str | None = None) -> HTMLResponse:
+    def error_page(status_code: int, detail: str | None = None, request: Request | None = None) -> HTMLResponse:
         title, default_detail = ERROR_TITLES.get(status_code, ERROR_TITLES[500 if status_code >= 500 else 400])
         page = views.ErrorPage(status_code=status_code, title=title, detail=detail or default_detail)
-        layout = views.Layout(development_mode=settings.development)
+        # A signed-in user refused a page is still signed in: the header says so (and offers sign-out).
+        signed_in = request is not None and session.user_token(request, settings) is not None
+        csrf = session.csrf_token(request)[0] if signed_in and request is not None else ""
+        layout = views.Layout(development_mode=settings.development, signed_in=signed_in, csrf_token=csrf)
         html = rendering.render(env, "error.html", page=page, layout=layout)
         return HTMLResponse(html, status_code=status_code)
 
@@ -132,6 +154,19 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> HTMLResponse:
         return error_page(400)
+
+    @app.exception_handler(UpstreamError)
+    async def _upstream(request: Request, exc: UpstreamError) -> HTMLResponse:
+        # A service refused or failed: its status as a portal page (upstream.py says which).
+        return error_page(exc.status, exc.detail, request)
+
+    @app.exception_handler(routes.NotSignedIn)
+    async def _not_signed_in(_: Request, exc: routes.NotSignedIn) -> HTMLResponse | RedirectResponse:
+        if settings.development:
+            from urllib.parse import quote
+
+            return RedirectResponse(f"/sign-in?next={quote(exc.next_path, safe='/')}", status_code=303)
+        return error_page(401)  # production: the OIDC proxy should have signed the user in
 
     @app.exception_handler(views.ViewModelError)
     async def _bad_upstream_data(_: Request, exc: views.ViewModelError) -> HTMLResponse:

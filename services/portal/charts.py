@@ -80,27 +80,32 @@ class XmrPoint:
 
     label: str
     value: float | None
-    mean: float
-    lower_limit: float
-    upper_limit: float
+    mean: float | None
+    lower_limit: float | None
+    upper_limit: float | None
     lower_2sigma: float | None = None
     upper_2sigma: float | None = None
     signal: Signal | None = None
 
     def __post_init__(self) -> None:
         _check_text(self.label, "label")
-        for name in ("mean", "lower_limit", "upper_limit"):
-            _check_finite(getattr(self, name), name)
         if self.value is not None:
             _check_finite(self.value, "value")
-        if not self.lower_limit <= self.mean <= self.upper_limit:
-            raise ValueError(f"limits out of order at {self.label!r}: {self.lower_limit} <= {self.mean} <= {self.upper_limit}")
+        limits = (self.mean, self.lower_limit, self.upper_limit)
+        if all(v is None for v in limits):  # too few points for limits yet: the values only
+            if self.lower_2sigma is not None or self.upper_2sigma is not None:
+                raise ValueError(f"2-sigma lines need process limits at {self.label!r}")
+        else:
+            for name in ("mean", "lower_limit", "upper_limit"):
+                _check_finite(getattr(self, name), name)
+            if not self.lower_limit <= self.mean <= self.upper_limit:  # type: ignore[operator]
+                raise ValueError(f"limits out of order at {self.label!r}: {self.lower_limit} <= {self.mean} <= {self.upper_limit}")
         if (self.lower_2sigma is None) != (self.upper_2sigma is None):
             raise ValueError(f"give both 2-sigma lines or neither at {self.label!r}")
         if self.lower_2sigma is not None and self.upper_2sigma is not None:
             _check_finite(self.lower_2sigma, "lower_2sigma")
             _check_finite(self.upper_2sigma, "upper_2sigma")
-            if not self.lower_limit <= self.lower_2sigma <= self.mean <= self.upper_2sigma <= self.upper_limit:
+            if not self.lower_limit <= self.lower_2sigma <= self.mean <= self.upper_2sigma <= self.upper_limit:  # type: ignore[operator]
                 raise ValueError(f"2-sigma lines must lie between the mean and the process limits at {self.label!r}")
         if self.signal is not None:
             if self.signal not in SIGNALS:
@@ -342,6 +347,8 @@ def xmr_chart(
     numbers = [v for p in points for v in (p.value, p.mean, p.lower_limit, p.upper_limit) if v is not None]
     if has_2sigma:
         numbers += [v for p in points for v in (p.lower_2sigma, p.upper_2sigma) if v is not None]
+    if not numbers:  # every point a gap (suppressed or no responses) and no limits yet
+        return svg.empty("No figures to show")
     y = _y_scale(numbers, g, y_min=y_min, y_max=y_max, bounds=y_bounds, svg=svg, fmt=fmt)
     x = BandScale(len(points), g.plot_left, g.plot_right)
     svg.y_axis_title(y_label)
@@ -374,10 +381,11 @@ def xmr_chart(
         if p.value is not None:
             svg.raw(_marker(p.signal or "common", x.centre(i), y(p.value), index=i))
 
+    has_limits = any(p.mean is not None for p in points)
     legend: list[tuple[str, str]] = [
         (_line_swatch(NHS_BLACK, None, 1.5), "Mean"),
         (_line_swatch(NHS_DARK_GREY, "6 4", 1.5), "Process limits"),
-    ]
+    ] if has_limits else []
     if has_2sigma:
         legend.append((_line_swatch(NHS_MID_GREY, "2 3", 1), "2-sigma lines"))
     legend.append((_marker("common", 10, 0, legend=True), "Common cause variation"))

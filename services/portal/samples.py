@@ -45,7 +45,12 @@ def funnel_limits(benchmark: float = 0.88) -> tuple[charts.FunnelLimit, ...]:
 
 def league_table_page() -> views.LeagueTablePage:
     def row(rank, ods, name, responses, positive, low, high, band):
-        return views.LeagueTableRow(ods, name, responses, positive, views.Interval(low, high), band, rank)
+        eligible = responses * 3
+        gains = (views.HealthGain("Oxford Hip Score", "primary hip replacement", 42, 18.4, "0 to 48, higher is better"),
+                 views.HealthGain("Oxford Knee Score", "primary knee replacement", 7, None, "0 to 48, higher is better")) \
+            if ods == "RC3" else ()
+        return views.LeagueTableRow(ods, name, responses, positive, views.Interval(low, high), band, rank,
+                                    eligible_episodes=eligible, response_rate=responses / eligible, health_gain=gains)
 
     rows = (
         row(1, "RA1", "Northbrook Hospitals NHS Foundation Trust (sample)", 640, 0.953, 0.934, 0.967, "high_998"),
@@ -54,13 +59,14 @@ def league_table_page() -> views.LeagueTablePage:
         row(4, "RD4", "Westvale Maternity Services NHS Trust (sample)", 210, 0.871, 0.820, 0.910, "within"),
         row(5, "RE5", "Southport Bay Hospitals NHS Trust (sample)", 480, 0.846, 0.811, 0.876, "low_95"),
         row(6, "RF6", "Highmoor Teaching Hospitals NHS Trust (sample)", 900, 0.812, 0.786, 0.836, "low_998"),
-        views.LeagueTableRow("RG7", "Little Ashby Cottage Hospital (sample)", SUPPRESSED, SUPPRESSED, None, None, None),
+        views.LeagueTableRow("RG7", "Little Ashby Cottage Hospital (sample)", SUPPRESSED, SUPPRESSED, None, None, None,
+                             eligible_episodes=40, response_rate=SUPPRESSED),
         views.LeagueTableRow("RH8", "Oakdene Birth Centre (sample)", SUPPRESSED_SECONDARY, SUPPRESSED_SECONDARY,
-                             None, None, None),
+                             None, None, None, eligible_episodes=None, response_rate=SUPPRESSED_SECONDARY),
     )
     return views.LeagueTablePage(
         quarter="2026-Q3", benchmark_proportion=0.88, rows=rows, funnel_limits=funnel_limits(0.88),
-        previous_quarter="2026-Q2", next_quarter=None,
+        previous_quarter="2026-Q2", next_quarter=None, csv_href="/league-table.csv?quarter=2026-Q3", prom_min_pairs=30,
     )
 
 
@@ -94,9 +100,17 @@ def provider_page() -> views.ProviderPage:
         views.AppealMonth("2025-09", lodged=4, upheld=1, rejected=2, returned_pence=12_500),
         views.AppealMonth("2025-10", lodged=1, upheld=0, rejected=0, returned_pence=0),
     )
+    quarter = views.ProviderQuarter(
+        "2025-Q4", 401, 91, "2025-Q3", SUPPRESSED_SECONDARY, SUPPRESSED_SECONDARY, 1210, 401 / 1210,
+        by_setting=(views.BreakdownRow("Maternity", 250, 93), views.BreakdownRow("Inpatient", 148, 89),
+                    views.BreakdownRow("A&E", SUPPRESSED, SUPPRESSED)),
+        by_mode=(views.BreakdownRow("NHS App or other app", 300, 92), views.BreakdownRow("SMS", 101, 88)),
+        by_site=(views.BreakdownRow("Highmoor General (sample) (RF601)", 380, 91),
+                 views.BreakdownRow("Moorside Clinic (sample) (RF602)", 21, 86)),
+    )
     return views.ProviderPage(
         ods_code="RF6", provider_name="Highmoor Teaching Hospitals NHS Trust (sample)", region_code="Y62",
-        region_name="North West", fft_months=tuple(months), money_months=money, appeals=appeals,
+        region_name="North West", fft_months=tuple(months), money_months=money, appeals=appeals, quarter=quarter,
     )
 
 
@@ -133,7 +147,8 @@ def trust_statements_page() -> views.TrustStatementsPage:
     small = views.SettlementStatement(
         period="2025-09", scheme_id="national-fft", scheme_version=2, billed_pence=300_000, at_risk_pence=30_000,
         released_pence=30_000, diverted_pence=0, responses=12, minimum_sample_applied=True, cap_applied=False,
-        settled_at="2025-11-01T02:00:00Z", csv_href="/finance/trusts/RF6/statements/2025-09.csv",
+        settled_at="2025-11-01T02:00:00Z", csv_href="/finance/trusts/RF6/statements/RF6:2025-09:national-fft@2/episodes.csv",
+        href="/finance/trusts/RF6/statements/RF6:2025-09:national-fft@2", settlement_id="RF6:2025-09:national-fft@2",
     )
     return views.TrustStatementsPage("RF6", "Highmoor Teaching Hospitals NHS Trust (sample)", (capped, small))
 
@@ -160,6 +175,16 @@ def region_ledger_page() -> views.RegionLedgerPage:
     )
 
 
+def finance_index_page() -> views.FinanceIndexPage:
+    return views.FinanceIndexPage(
+        trusts=(views.Choice("RF6", "Highmoor Teaching Hospitals NHS Trust (sample) (RF6)"),
+                views.Choice("RE5", "Southport Bay Hospitals NHS Trust (sample) (RE5)")),
+        commissioners=(views.Choice("QOP", "Greater Highmoor ICB (sample) (QOP)"),),
+        regions=tuple(views.Choice(r.code, f"{r.name} ({r.code})") for r in REGIONS),
+        default_period="2025-10", default_from="2025-11-01", default_to="2025-11-30",
+    )
+
+
 # template name -> (view model factory, navigation item, wide layout)
 PAGES = {
     "home.html": (home_page, "home", False),
@@ -169,6 +194,7 @@ PAGES = {
     "finance/trust_statements.html": (trust_statements_page, "finance", False),
     "finance/commissioner.html": (commissioner_page, "finance", False),
     "finance/region_ledger.html": (region_ledger_page, "finance", False),
+    "finance/index.html": (finance_index_page, "finance", False),
     "sign_in.html": (lambda: views.SignInPage(error="Enter a token"), "finance", False),
     "error.html": (lambda: views.ErrorPage(403, "You cannot see this page", "Your account does not give you access."), None, False),
 }

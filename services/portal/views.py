@@ -34,10 +34,13 @@ FUNNEL_BAND_TABLE_LABELS: dict[str, str] = {
     "low_998": "Below 99.8% limit",
 }
 MAX_EPISODES_PER_PAGE = 500
+# Money axes carry labels like "£150,000": a wider left margin keeps the axis title clear of them.
+MONEY_GEOMETRY = charts.Geometry(margin_left=96)
 SUPPRESSION_HREF = "/#suppression"
 
 _PERIOD = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 _QUARTER = re.compile(r"(\d{4})-Q([1-4])")
+_WEEK = re.compile(r"(\d{4})-W(0[1-9]|[1-4]\d|5[0-3])")
 _ODS_TRUST = re.compile(r"[A-Z0-9]{3,5}")
 _REGION = re.compile(r"Y\d{2}")
 _ICB = re.compile(r"Q[A-Z0-9]{2}")
@@ -99,20 +102,41 @@ def quarter_months(text: str) -> tuple[str, str, str]:
 
 
 def period_label(period: str) -> str:
-    """'2026-10' -> 'October 2026'; '2026-Q3' -> 'July to September 2026'."""
+    """'2026-10' -> 'October 2026'; '2026-Q3' -> 'July to September 2026'; '2026-W05' -> 'Week 5 of 2026'."""
     m = _PERIOD.fullmatch(period)
     if m:
         return f"{_MONTH_NAMES[int(m.group(2)) - 1]} {m.group(1)}"
+    w = _WEEK.fullmatch(period)
+    if w:
+        return f"Week {int(w.group(2))} of {w.group(1)}"
     year, q = parse_quarter(period)
     return f"{_MONTH_NAMES[3 * q - 3]} to {_MONTH_NAMES[3 * q - 1]} {year}"
 
 
 def short_period_label(period: str) -> str:
-    """'2026-10' -> 'Oct 2026' (chart axes)."""
+    """'2026-10' -> 'Oct 2026', '2026-W05' -> 'W5 2026' (chart axes)."""
+    m = _PERIOD.fullmatch(period)
+    if m is None:
+        w = _WEEK.fullmatch(period)
+        _require(w is not None, f"a period is written YYYY-MM or YYYY-Www, got {period!r}")
+        assert w is not None
+        return f"W{int(w.group(2))} {w.group(1)}"
+    return f"{_MONTH_NAMES[int(m.group(2)) - 1][:3]} {m.group(1)}"
+
+
+def quarter_of_month(period: str) -> str:
+    """'2026-08' -> '2026-Q3'."""
     m = _PERIOD.fullmatch(period)
     _require(m is not None, f"a period is written YYYY-MM, got {period!r}")
     assert m is not None
-    return f"{_MONTH_NAMES[int(m.group(2)) - 1][:3]} {m.group(1)}"
+    return f"{m.group(1)}-Q{(int(m.group(2)) - 1) // 3 + 1}"
+
+
+def shift_quarter(quarter: str, by: int) -> str:
+    """'2026-Q1' shifted by -1 -> '2025-Q4'."""
+    year, q = parse_quarter(quarter)
+    index = year * 4 + (q - 1) + by
+    return f"{index // 4}-Q{index % 4 + 1}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +173,7 @@ class Layout:
     breadcrumbs: tuple[Breadcrumb, ...] = ()
     navigation: tuple[NavItem, ...] = NAVIGATION
     wide: bool = False  # the full width of the window (the league table: a table beside a chart)
+    csrf_token: str = ""  # for the sign-out form (development)
 
     def __post_init__(self) -> None:
         keys = {item.key for item in self.navigation}
@@ -199,6 +224,30 @@ class Interval:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthGain:
+    """A provider's PROM average health gain for one instrument and procedure (None: too few
+    pairs to publish the average; the count of pairs is published)."""
+
+    instrument: str  # e.g. "Oxford Hip Score"
+    procedure: str  # e.g. "primary hip replacement"
+    pairs: int
+    average: float | None
+    scale: str  # e.g. "0 to 48, higher is better"
+
+    def __post_init__(self) -> None:
+        _require(_is_count(self.pairs), "pairs must be a count")
+        _require(self.average is None or (isinstance(self.average, int | float) and math.isfinite(self.average)),
+                 "an average health gain is a finite number")
+
+    @property
+    def text(self) -> str:
+        what = f"{self.instrument}, {self.procedure}"
+        if self.average is None:
+            return f"{what}: not published, {self.pairs} {'pair' if self.pairs == 1 else 'pairs'} (too few)"
+        return f"{what}: {self.average:+.1f} ({self.pairs} pairs; {self.scale})"
+
+
+@dataclass(frozen=True, slots=True)
 class LeagueTableRow:
     """One provider in a quarter's league table. Suppressed: responses and % positive both are
     (a provider whose count is hidden cannot show a percentage of it), with no rank, interval or
@@ -211,14 +260,24 @@ class LeagueTableRow:
     interval_95: Interval | None
     funnel_band: FunnelBand | None
     rank: int | None
+    eligible_episodes: int | None = None  # episodes of care in the quarter (payments); None: not known
+    response_rate: float | Suppressed | None = None  # responses / eligible episodes; None: no eligible episodes
+    health_gain: tuple[HealthGain, ...] = ()
 
     def __post_init__(self) -> None:
         _check_ods(self.ods_code)
+        _require(self.eligible_episodes is None or _is_count(self.eligible_episodes), "eligible episodes must be a count")
+        if self.response_rate is not None and not is_suppressed(self.response_rate):
+            _require(isinstance(self.response_rate, int | float) and math.isfinite(self.response_rate)
+                     and self.response_rate >= 0, f"{self.ods_code}: a response rate is a number >= 0")
         if is_suppressed(self.responses) or is_suppressed(self.positive_proportion):
             _require(is_suppressed(self.responses) and is_suppressed(self.positive_proportion),
                      f"{self.ods_code}: suppress responses and % positive together")
             _require(self.rank is None and self.interval_95 is None and self.funnel_band is None,
                      f"{self.ods_code}: a suppressed provider has no rank, interval or funnel band")
+            # a rate of a hidden count, times the published eligible episodes, would give it away
+            _require(self.response_rate is None or is_suppressed(self.response_rate),
+                     f"{self.ods_code}: a suppressed provider's response rate is suppressed")
             return
         _require(_is_count(self.responses) and self.responses > 0, f"{self.ods_code}: responses must be a count > 0")
         _require(_is_proportion(self.positive_proportion), f"{self.ods_code}: % positive must be a proportion")
@@ -247,6 +306,8 @@ class LeagueTablePage:
     setting: str = "all settings"
     previous_quarter: str | None = None
     next_quarter: str | None = None
+    csv_href: str | None = None
+    prom_min_pairs: int | None = None  # the PROM publication's minimum pairs; None: no PROM column
 
     def __post_init__(self) -> None:
         parse_quarter(self.quarter)
@@ -332,40 +393,113 @@ class SpecialCause:
 
 @dataclass(frozen=True, slots=True)
 class FftMonth:
-    """One month of a provider's FFT % positive, with the XmR limits in force that month."""
+    """One month (or ISO week) of a provider's FFT % positive, with the XmR limits in force then.
+
+    ``positive_proportion`` None: no responses that period (nothing to plot, not suppressed).
+    ``mean`` and the limits None: too few periods for limits yet (the chart shows the points only)."""
 
     period: str
     responses: Count
-    positive_proportion: Proportion
-    mean: float
-    lower_limit: float
-    upper_limit: float
+    positive_proportion: Proportion | None
+    mean: float | None
+    lower_limit: float | None
+    upper_limit: float | None
     lower_2sigma: float | None = None
     upper_2sigma: float | None = None
     special_cause: SpecialCause | None = None
 
     def __post_init__(self) -> None:
-        _check_period(self.period)
+        _check_period_or_week(self.period)
+        limits = (self.mean, self.lower_limit, self.upper_limit)
+        _require(all(v is None for v in limits) or all(isinstance(v, int | float) and math.isfinite(v) for v in limits),
+                 f"{self.period}: the mean and both process limits, or none of them")
         if is_suppressed(self.responses) or is_suppressed(self.positive_proportion):
             _require(is_suppressed(self.responses) and is_suppressed(self.positive_proportion),
                      f"{self.period}: suppress responses and % positive together")
             _require(self.special_cause is None, f"{self.period}: a suppressed month cannot carry a signal")
         else:
             _require(_is_count(self.responses), f"{self.period}: responses must be a count")
-            _require(_is_proportion(self.positive_proportion), f"{self.period}: % positive must be a proportion")
+            if self.positive_proportion is None:
+                _require(self.responses == 0 and self.special_cause is None, f"{self.period}: % positive is missing")
+            else:
+                _require(_is_proportion(self.positive_proportion), f"{self.period}: % positive must be a proportion")
+                _require(self.responses > 0, f"{self.period}: a % positive needs responses")
 
     @property
     def suppressed(self) -> bool:
         return is_suppressed(self.responses)
 
+    @property
+    def plotted(self) -> bool:
+        return not self.suppressed and self.positive_proportion is not None
+
+    @property
+    def has_limits(self) -> bool:
+        return self.mean is not None
+
     def xmr_point(self) -> charts.XmrPoint:
         return charts.XmrPoint(
             label=short_period_label(self.period),
-            value=None if self.suppressed else float(self.positive_proportion),
+            value=float(self.positive_proportion) if self.plotted else None,  # type: ignore[arg-type]
             mean=self.mean, lower_limit=self.lower_limit, upper_limit=self.upper_limit,
-            lower_2sigma=self.lower_2sigma, upper_2sigma=self.upper_2sigma,
+            lower_2sigma=self.lower_2sigma if self.has_limits else None,
+            upper_2sigma=self.upper_2sigma if self.has_limits else None,
             signal=self.special_cause.kind if self.special_cause else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownRow:
+    """One part of a provider's quarter (a care setting, a mode of collection, a site)."""
+
+    label: str
+    responses: Count
+    positive_percent: int | Suppressed | None  # whole percent as published; None: no responses
+
+    def __post_init__(self) -> None:
+        _require(bool(self.label), "a breakdown row has a label")
+        if is_suppressed(self.responses):
+            return  # a secondary-suppressed part keeps its whole-number percentage, as NHS England publishes
+        _require(_is_count(self.responses), f"{self.label}: responses must be a count")
+        _require(self.positive_percent is None or is_suppressed(self.positive_percent)
+                 or (_is_count(self.positive_percent) and self.positive_percent <= 100), f"{self.label}: a whole percent")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderQuarter:
+    """A provider's FFT figures for one quarter as the national publication gives them: against
+    the previous quarter, with its response rate and its parts."""
+
+    quarter: str
+    responses: Count
+    positive_percent: int | Suppressed | None
+    previous_quarter: str
+    previous_responses: Count
+    previous_positive_percent: int | Suppressed | None
+    eligible_episodes: int | None
+    response_rate: float | Suppressed | None
+    by_setting: tuple[BreakdownRow, ...] = ()
+    by_mode: tuple[BreakdownRow, ...] = ()
+    by_site: tuple[BreakdownRow, ...] = ()
+
+    def __post_init__(self) -> None:
+        parse_quarter(self.quarter)
+        parse_quarter(self.previous_quarter)
+        if is_suppressed(self.responses):
+            _require(self.response_rate is None or is_suppressed(self.response_rate),
+                     "a suppressed quarter's response rate is suppressed")
+        _require(self.eligible_episodes is None or _is_count(self.eligible_episodes), "eligible episodes must be a count")
+
+    @property
+    def change_text(self) -> str:
+        """The change in % positive from the previous quarter, in words (never from a withheld figure)."""
+        now, before = self.positive_percent, self.previous_positive_percent
+        if not isinstance(now, int) or not isinstance(before, int) or isinstance(now, bool) or isinstance(before, bool):
+            return "No comparison"
+        diff = now - before
+        if diff == 0:
+            return "No change"
+        return f"{'Up' if diff > 0 else 'Down'} {abs(diff)} percentage {'point' if abs(diff) == 1 else 'points'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +555,11 @@ class ProviderPage:
     fft_months: tuple[FftMonth, ...]
     money_months: tuple[MoneyMonth, ...]
     appeals: tuple[AppealMonth, ...] = ()
+    interval: str = "month"  # the FFT chart's periods: "month" or "week"
+    quarter: ProviderQuarter | None = None
 
     def __post_init__(self) -> None:
+        _require(self.interval in ("month", "week"), "the interval is month or week")
         _check_ods(self.ods_code)
         _require(bool(_REGION.fullmatch(self.region_code)), f"bad region code {self.region_code!r}")
         for months in (self.fft_months, self.money_months, self.appeals):
@@ -434,16 +571,23 @@ class ProviderPage:
     def title(self) -> str:
         return f"{self.provider_name} ({self.ods_code})"
 
+    @property
+    def other_interval(self) -> str:
+        return "week" if self.interval == "month" else "month"
+
     def fft_description(self) -> str:
         months = self.fft_months
         if not months:
             return f"No Friends and Family Test results for {self.provider_name} yet."
-        plotted = [m for m in months if not m.suppressed]
-        text = (f"XmR chart of Friends and Family Test % positive for {self.provider_name} by month, "
+        plotted = [m for m in months if m.plotted]
+        text = (f"XmR chart of Friends and Family Test % positive for {self.provider_name} by {self.interval}, "
                 f"{period_label(months[0].period)} to {period_label(months[-1].period)}.")
         last = months[-1]
-        text += (f" Mean {charts.format_percent(last.mean)}, process limits {charts.format_percent(last.lower_limit)} "
-                 f"to {charts.format_percent(last.upper_limit)}.")
+        if last.has_limits:
+            text += (f" Mean {charts.format_percent(last.mean)}, process limits {charts.format_percent(last.lower_limit)} "  # type: ignore[arg-type]
+                     f"to {charts.format_percent(last.upper_limit)}.")  # type: ignore[arg-type]
+        else:
+            text += " Too few results yet for process limits."
         signals = [m for m in plotted if m.special_cause][-12:]  # the latest twelve; the table has all
         if signals:
             text += " Special cause variation: " + "; ".join(
@@ -451,15 +595,15 @@ class ProviderPage:
                 for m in signals) + "."
         else:
             text += " No special cause variation."
-        hidden = len(months) - len(plotted)
+        hidden = sum(1 for m in months if m.suppressed)
         if hidden:
-            text += f" {hidden} suppressed {'month is' if hidden == 1 else 'months are'} not plotted."
+            text += f" {hidden} suppressed {self.interval}{' is' if hidden == 1 else 's are'} not plotted."
         return text
 
     def fft_chart(self) -> str:
         return charts.xmr_chart(
             [m.xmr_point() for m in self.fft_months],
-            title=f"Friends and Family Test % positive by month: {self.provider_name}",
+            title=f"Friends and Family Test % positive by {self.interval}: {self.provider_name}",
             description=self.fft_description(), chart_id="provider-fft-xmr", y_label="% positive",
             value_format=charts.format_percent, y_bounds=(0.0, 1.0),
         )
@@ -482,7 +626,7 @@ class ProviderPage:
             money_series(months),
             title=f"Money held, released and diverted by month: {self.provider_name}",
             description=self.money_description(), chart_id="provider-money", y_label="Pounds",
-            value_format=charts.format_pounds,
+            value_format=charts.format_pounds, geometry=MONEY_GEOMETRY,
         )
 
 
@@ -565,7 +709,7 @@ class RegionPage:
             [float(b.balance_pence) for b in self.balances],
             title=f"Balance of the {self.region_name} improvement fund by month end",
             description=self.balance_description(), chart_id="region-balance", y_label="Pounds",
-            series_label="Fund balance at month end", value_format=charts.format_pounds,
+            series_label="Fund balance at month end", value_format=charts.format_pounds, geometry=MONEY_GEOMETRY,
         )
 
 
@@ -614,6 +758,8 @@ class SettlementStatement:
     episodes_total: int = 0  # all episodes in the statement; more than shown means a next page
     episodes_next_href: str | None = None
     csv_href: str | None = None
+    href: str | None = None  # the statement's own page (its episodes), when they are not shown here
+    settlement_id: str = ""
 
     def __post_init__(self) -> None:
         _check_period(self.period)
@@ -636,13 +782,18 @@ class TrustStatementsPage:
     ods_code: str
     provider_name: str
     statements: tuple[SettlementStatement, ...]
+    next_page_href: str | None = None
+    single: bool = False  # one statement with its episodes (the statement's own page)
 
     def __post_init__(self) -> None:
         _check_ods(self.ods_code)
         _require(len(self.statements) <= 24, "at most 24 statements a page")
+        _require(not self.single or len(self.statements) == 1, "a statement's page shows one statement")
 
     @property
     def title(self) -> str:
+        if self.single:
+            return f"Settlement statement, {period_label(self.statements[0].period)}: {self.provider_name} ({self.ods_code})"
         return f"Settlement statements: {self.provider_name} ({self.ods_code})"
 
 
@@ -721,6 +872,7 @@ class RegionLedgerPage:
     csv_href: str | None = None
     next_page_href: str | None = None
     account_id: str = field(default="")
+    continued: bool = False  # a later page: the opening balance is the one before its first entry
 
     def __post_init__(self) -> None:
         _require(bool(_REGION.fullmatch(self.region_code)), f"bad region code {self.region_code!r}")
@@ -742,12 +894,35 @@ class RegionLedgerPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Choice:
+    value: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceIndexPage:
+    """Where a signed-in finance user chooses what to see; the services decide what their token may."""
+
+    trusts: tuple[Choice, ...]
+    commissioners: tuple[Choice, ...]
+    regions: tuple[Choice, ...]
+    default_period: str
+    default_from: str
+    default_to: str
+    title: str = "Finance"
+
+    def __post_init__(self) -> None:
+        _check_period(self.default_period)
+
+
+@dataclass(frozen=True, slots=True)
 class SignInPage:
     """Development only: paste a bearer token (production signs in through the OIDC proxy)."""
 
     next_path: str = "/finance"
     error: str | None = None
     title: str = "Sign in with a token"
+    csrf_token: str = ""
 
     def __post_init__(self) -> None:
         # only a local path: never an open redirect
@@ -794,6 +969,11 @@ def _check_pence(value: object, name: str, *, minimum: int | None = None) -> Non
 
 def _check_period(period: str) -> None:
     _require(isinstance(period, str) and bool(_PERIOD.fullmatch(period)), f"a period is written YYYY-MM, got {period!r}")
+
+
+def _check_period_or_week(period: str) -> None:
+    _require(isinstance(period, str) and bool(_PERIOD.fullmatch(period) or _WEEK.fullmatch(period)),
+             f"a period is written YYYY-MM or YYYY-Www, got {period!r}")
 
 
 def _check_ods(code: str) -> None:
