@@ -1,6 +1,6 @@
 """End-to-end benchmark, "one England day": ``python -m bench.e2e [--quick]`` (``make bench-e2e``).
 
-Starts the whole system the way the end-to-end tests do (``shared.devstack.Stack``: embedded Tansu
+Starts the whole system the way the end-to-end tests do (``devtools.stack.Stack``: embedded Tansu
 Kafka and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set, the three services as
 real processes; payments reads the benchmark's scheme from ``bench/e2e/schemes``), then:
 

@@ -40,7 +40,7 @@ from bench.e2e.probes import (
 )
 from bench.e2e.workload import Episode, Generator, json_array, kafka_envelope, previous_month, settleable_month
 from shared.auth import bearer_headers
-from shared.devstack import Stack
+from devtools.stack import Stack
 from shared.reference import load_reference
 from shared.topics import ALL_TOPICS, FEEDBACK_SUBMITTED, PAYMENTS_REQUESTED
 
@@ -555,14 +555,22 @@ async def run(args: argparse.Namespace) -> int:
                 t_settle = time.monotonic()
                 r = await http.post(f"{stack.url('payments')}/v1/settlements/run", json={"period": day_period},
                                     headers=admin, timeout=None)
-                settle_call_s = time.monotonic() - t_settle
-                reports = r.json() if r.status_code == 200 else []
-                if r.status_code != 200:
+                reports: list[dict[str, Any]] = []
+                if r.status_code not in (200, 202):
                     bench.failures.append(f"settlement: HTTP {r.status_code} {r.text[:300]}")
+                else:  # a job: followed until it ends
+                    job = r.json()
+                    while job["state"] in ("queued", "running"):
+                        await asyncio.sleep(0.25)
+                        job = (await http.get(f"{stack.url('payments')}{job['url']}", headers=admin)).json()
+                    if job["state"] != "succeeded":
+                        bench.failures.append(f"settlement job {job['state']}: {job['errors']}")
+                    reports = job["reports"] or []
+                settle_call_s = time.monotonic() - t_settle
                 diverted = sum(rep["diverted_pence"] for rep in reports)
                 held = sum(rep["held_pence"] for rep in reports)
                 settled_eps = sum(rep["episodes"] for rep in reports)
-                out(f"  answered in {settle_call_s:.1f} s: {len(reports)} provider units, {settled_eps:,} episodes,"
+                out(f"  job done in {settle_call_s:.1f} s: {len(reports)} provider units, {settled_eps:,} episodes,"
                     f" held £{held / 100:,.2f}, diverted £{diverted / 100:,.2f}"
                     f" (minimum sample applied {sum(rep['min_sample_applied'] for rep in reports)},"
                     f" cap applied {sum(rep['cap_applied'] for rep in reports)})")
@@ -668,6 +676,20 @@ async def run(args: argparse.Namespace) -> int:
             rc = 1
         out(f"  wall time including start-up: {time.monotonic() - t_start:.0f} s")
         out(f"bench=e2e episodes_per_s={rate:.1f} p99_ms={p99:.1f} day_minutes={day_s / 60:.2f} max_rss_mb={max_rss:.1f}")
+        if args.month_line:
+            # CPU per episode by process over the whole month (ingest, feedback drain, settlement
+            # and its drain), and each process's peak memory: the figures the --month curve compares.
+            cpu_s = {k: v / 100 * day.seconds for k, v in day.cpu.items()}
+            for k, v in settle_cpu.items():
+                cpu_s[k] = cpu_s.get(k, 0.0) + v / 100 * settle_s
+            per_ep = {k: v / max(day.count, 1) * 1e6 for k, v in cpu_s.items() if k not in ("bench", "other")}
+            drained = tracker.counts[RELEASE] + tracker.counts[DIVERT]
+            out(f"bench=month episodes={day.count} episodes_per_s={rate:.1f} month_minutes={day_s / 60:.2f}"
+                f" settle_s={settle_s:.1f} drain_per_s={drained / max(settle_s, 1e-6):.0f}"
+                f" cpu_us_per_episode={sum(per_ep.values()):.0f} "
+                + " ".join(f"cpu_us_{k}={v:.0f}" for k, v in sorted(per_ep.items()))
+                + " " + " ".join(f"peak_mb_{k}={v:.0f}" for k, v in sorted(service_rss.items()))
+                + f" ok={int(not bench.failures)}")
     finally:
         if bench.tracker:
             await bench.tracker.stop()
@@ -698,6 +720,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", default="2026", help="workload seed")
     p.add_argument("--work-dir", help="logs and PostgreSQL data (default: a temp folder, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (service logs) after the run")
+    p.add_argument("--month", action="store_true",
+                   help="the month-scale curve: --month-episodes spread over a month's days, settled as a job, at each of"
+                        " --scales (each run on a fresh stack); prints a bench=month line per run and the curve")
+    p.add_argument("--month-episodes", type=int, default=None, help="episodes at scale 1 (default 20,000; quick 3,000)")
+    p.add_argument("--scales", default="1,2,4", help="multiples of --month-episodes (default 1,2,4)")
+    p.add_argument("--month-line", action="store_true", help=argparse.SUPPRESS)  # one run of the curve
     args = p.parse_args(argv)
     args.payments = args.payments if args.payments is not None else (3_000 if args.quick else FULL_DAY)
     args.feedback = args.feedback if args.feedback is not None else (1_000 if args.quick else (args.payments // 3))
@@ -710,6 +738,41 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def month_curve(args: argparse.Namespace) -> int:
+    """Run the month at each scale, each on a fresh stack in its own process, and print the curve:
+    the rate must not fall as the month grows, and CPU and memory per episode must not grow."""
+    import subprocess
+
+    base = args.month_episodes or (3_000 if args.quick else 20_000)
+    scales = [int(x) for x in args.scales.split(",")]
+    lines: list[dict[str, str]] = []
+    for scale in scales:
+        n = base * scale
+        out(f"\n=== month at {scale}x: {n:,} episodes, {n // 3:,} feedback ===")
+        cmd = [sys.executable, "-m", "bench.e2e", "--payments", str(n), "--feedback", str(n // 3), "--paced-seconds", "0",
+               "--month-line", "--seed", args.seed]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith(("bench=", "  FAIL", "  ok  ", "  the day", "  job", "  every release")) or "cpu%" in line:
+                out(line)
+        found = [line for line in proc.stdout.splitlines() if line.startswith("bench=month ")]
+        if proc.returncode != 0 or not found:
+            out(proc.stdout[-3000:] + proc.stderr[-3000:])
+            return 1
+        lines.append(dict(kv.split("=", 1) for kv in found[-1].split()[1:]))
+    out("\nthe curve (per scale): episodes, episodes/s, CPU us per episode, peak MB per service")
+    for scale, d in zip(scales, lines):
+        peaks = " ".join(f"{k[8:]} {v}" for k, v in d.items() if k.startswith("peak_mb_"))
+        out(f"  {scale}x: {int(d['episodes']):,} episodes, {float(d['episodes_per_s']):,.0f}/s, {d['cpu_us_per_episode']} us/episode,"
+            f" settlement drain {d['drain_per_s']}/s; peak MB {peaks}")
+    out("bench=month-curve scales=" + ",".join(map(str, scales))
+        + " episodes_per_s=" + ",".join(f"{float(d['episodes_per_s']):.0f}" for d in lines)
+        + " cpu_us_per_episode=" + ",".join(d["cpu_us_per_episode"] for d in lines)
+        + " drain_per_s=" + ",".join(d["drain_per_s"] for d in lines)
+        + " max_peak_mb=" + ",".join(str(max(int(v) for k, v in d.items() if k.startswith("peak_mb_"))) for d in lines))
+    return 0 if all(d.get("ok") == "1" for d in lines) else 1
+
+
 async def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     task = asyncio.current_task()
@@ -720,4 +783,5 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse())))
+    _args = parse()
+    sys.exit(month_curve(_args) if _args.month else asyncio.run(main(_args)))

@@ -16,7 +16,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.security import DEV_METRICS_TOKEN
-from shared.devstack import Stack
+from devtools.stack import Stack
 from shared.topics import FEEDBACK_RECEIVED, LEDGER_POSTED, LEDGER_TRANSFER_REQUESTS
 
 # transfer-id prefixes payments derives from the payment id (services/payments/domain.py)
@@ -155,7 +155,7 @@ def pct(sorted_values: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # Metrics (consumer lag, outbox backlog) from each service's /metrics
 # ---------------------------------------------------------------------------------------------
-_LAG = re.compile(r'^consumer_lag_records\{([^}]*)\}\s+([0-9.eE+\-]+)$')
+_LAG = re.compile(r'^kafka_consumer_lag_records\{([^}]*)\}\s+([0-9.eE+\-]+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _BACKLOG = re.compile(r'^outbox_backlog\s+([0-9.eE+\-]+)$')
 SHORT_TOPIC = {

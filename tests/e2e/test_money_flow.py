@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from shared.auth import SCOPES, bearer_headers
-from shared.devstack import Stack
-from tests.helpers import eventually
+from devtools.stack import Stack
+from tests.helpers import eventually, settle
 
 ALL_SCOPES = bearer_headers(sorted(SCOPES), subject="tests")
 
@@ -88,9 +88,8 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
             return True
 
         await eventually(answers_in)
-        r = await http.post(f"{payments}/v1/settlements/run", json={"period": period})
-        assert r.status_code == 200, r.text
-        assert {s["provider_code"] for s in r.json()} >= {p for p, *_ in CASES.values()}
+        reports = await settle(http, payments, {"period": period})
+        assert {s["provider_code"] for s in reports} >= {p for p, *_ in CASES.values()}
 
         for provider, *_ in CASES.values():
             await eventually(lambda p=provider: _pending(http, ledger, f"provider:{p}", 0))
@@ -125,8 +124,7 @@ async def test_payment_feedback_settlement_moves_the_money(stack: Stack) -> None
         assert verify["ok"], verify
 
         # Settling again changes nothing (idempotent per provider and period).
-        r = await http.post(f"{payments}/v1/settlements/run", json={"period": period})
-        assert r.json() == []
+        assert await settle(http, payments, {"period": period}) == []
         tb_again = (await http.get(f"{ledger}/v1/trial-balance")).json()
         assert tb_again["accounts"] == tb["accounts"]
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from shared.security import DEV_METRICS_TOKEN
-from shared.demo import run_scenario
-from shared.devstack import Stack
+from devtools.demo import run_scenario
+from devtools.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -22,12 +22,12 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from tests.privacy import nhs_hits
 from services.payments import domain as payments_domain
 from shared.contracts import PaymentRequested, envelope
 from shared.auth import SCOPES, bearer_headers
-from shared.devstack import Stack
+from devtools.stack import Stack
 from shared.topics import (
     FEEDBACK_RECEIVED,
     FEEDBACK_SUBMITTED,
@@ -265,8 +265,13 @@ async def settle_and_wait(stack: Stack, period: str, c: Counters, timeout_s: flo
             if answered >= c.submissions:
                 break
             await asyncio.sleep(1)
-        await http_call(http, c, "POST", f"{stack.url('payments')}/v1/settlements/run", json={"period": period})
-        c.note("settlement run")
+        r = await http_call(http, c, "POST", f"{stack.url('payments')}/v1/settlements/run", json={"period": period})
+        job = r.json()
+        c.note(f"settlement job {job.get('job_id')} asked for ({r.status_code})")
+        while job.get("state") in ("queued", "running"):  # a job survives the faults: it resumes after a kill
+            await asyncio.sleep(1)
+            job = (await http_call(http, c, "GET", f"{stack.url('payments')}{job['url']}")).json()
+        c.note(f"settlement job {job.get('state')} after {job.get('attempts')} attempt(s)")
     await wait_quiet(stack, c, deadline)
 
 
@@ -338,9 +343,12 @@ async def replay(stack: Stack, c: Counters) -> None:
     await wait_quiet(stack, c, time.monotonic() + 600)
 
 
-# The intake topic is where app backends publish submissions with the patient's NHS number: it is
-# identifiable by design (short retention, restricted access; README). Everything else must be clean.
-IDENTIFIABLE_BY_DESIGN = {FEEDBACK_SUBMITTED.name}
+# The input topics hold what clients published, as they published it: the intake topic carries the
+# patient's NHS number by design (short retention, restricted access; README), and a commissioner's
+# event may carry one in its correlation id (planted here). They are the control: the scan must find
+# the numbers there, which proves it would see them anywhere else. Everything the services write
+# (tables, the topics they produce, dead letters, logs) must be clean.
+IDENTIFIABLE_BY_DESIGN = {FEEDBACK_SUBMITTED.name, PAYMENTS_REQUESTED.name}
 
 
 def _nhs_hits(blob: bytes, nhs_numbers: set[bytes]) -> int:
@@ -380,8 +388,7 @@ async def privacy_scan(stack: Stack, nhs_numbers: set[bytes]) -> dict[str, int]:
             for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
                 for r in records:
                     blob = (r.value or b"") + (r.key or b"") + b"".join(v for _k, v in (r.headers or ()))
-                    # The intake topic is scanned too, as a control: it must show the numbers, which
-                    # proves the scanner would see them anywhere else.
+                    # The input topics are scanned too, as a control (above).
                     bucket = "intake_control" if r.topic in IDENTIFIABLE_BY_DESIGN else "topics"
                     hits[bucket] += _nhs_hits(blob, nhs_numbers)
     finally:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from services.feedback.app import create_app as create_feedback
-from services.feedback.domain import synthetic_nhs_number
+from devtools.synthetic import synthetic_nhs_number
 from services.feedback.settings import FeedbackSettings
 from services.ledger.app import create_app as create_ledger
 from services.ledger.settings import LedgerSettings
@@ -27,11 +27,11 @@ from services.payments.app import create_app as create_payments
 from services.payments.settings import PaymentsSettings
 from shared.auth import bearer_headers, mint
 from shared.contracts import TransferPosted, envelope
-from shared.devstack import EmbeddedKafka
+from devtools.stack import EmbeddedKafka
 from shared.security import DEV_METRICS_TOKEN
 from shared.topics import LEDGER_POSTED
 from tests.conftest import fresh_database, running
-from tests.helpers import eventually, publish
+from tests.helpers import eventually, publish, settle
 
 pytestmark = pytest.mark.integration
 
@@ -134,9 +134,8 @@ async def test_a_region_settles_only_its_own_providers(payments) -> None:
     for n, (icb, ods) in enumerate([("QWE", "RJ1"), ("QHM", "RTD")]):
         assert (await payments.post("/v1/payment-requests", json=payment(run, n, commissioner_code=icb, provider_code=ods),
                                     headers=national_pay)).status_code == 201
-    r = await payments.post("/v1/settlements/run", json={"period": PERIOD},
-                            headers=headers(["schemes:admin"], subject="london.admin", regions=LONDON))
-    assert r.status_code == 200 and {s["provider_code"] for s in r.json()} == {"RJ1"}
+    reports = await settle(payments, "", {"period": PERIOD}, headers=headers(["schemes:admin"], subject="london.admin", regions=LONDON))
+    assert {s["provider_code"] for s in reports} == {"RJ1"}
     rows = (await payments.get(f"/v1/settlements?period={PERIOD}", headers=headers(["ledger:read"]))).json()
     assert {s["provider_code"] for s in rows} == {"RJ1"}  # Newcastle is still held
 
@@ -216,7 +215,7 @@ async def test_nobody_decides_their_own_appeal(payments, database) -> None:
                            " VALUES ($1, $2, 'RJ1', 'fft', 5, $3)", f"s-{run}", f"ep-{run}-1", AUTHORED)
     finally:
         await conn.close()
-    assert (await payments.post("/v1/settlements/run", json={"period": PERIOD}, headers=headers(["schemes:admin"]))).status_code == 200
+    await settle(payments, "", {"period": PERIOD}, headers=headers(["schemes:admin"]))
     both = headers(["appeals:write", "appeals:decide"], subject="one.person@rj1", ods=["RJ1"])
     r = await payments.post(f"/v1/episodes/ep-{run}-1/appeal", json={"reason": "miscoded", "appealed_by": "someone.else"}, headers=both)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "appealed_by"  # the body cannot name the actor
@@ -244,8 +243,7 @@ async def test_settlement_refuses_a_month_that_is_not_over_and_records_who_ran_i
         assert r.status_code == 409, r.text
         assert r.json()["may_run_from"] > today.isoformat() and r.json()["errors"][0]["field"] == "period"
     assert (await payments.post("/v1/payment-requests", json=payment(run, 2), headers=headers(["payments:write"]))).status_code == 201
-    r = await payments.post("/v1/settlements/run", json={"period": PERIOD}, headers=admin)
-    assert r.status_code == 200 and len(r.json()) == 1
+    assert len(await settle(payments, "", {"period": PERIOD}, headers=admin)) == 1
     conn = await asyncpg.connect(database)
     try:
         assert await conn.fetchval("SELECT run_by FROM settlements WHERE period = $1", PERIOD) == "trial.finance@nhs"
@@ -275,12 +273,12 @@ async def test_implausible_dates_and_nul_in_path_ids_are_422(payments, ledger, f
 
 
 async def test_an_unexpected_error_is_a_problem_and_is_counted(ledger, monkeypatch) -> None:
-    from services.ledger import store
+    from services.ledger import queries
 
     async def broken(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(store, "balance", broken)
+    monkeypatch.setattr(queries, "balance", broken)
     before = await ledger.get("/metrics", headers={"Authorization": f"Bearer {DEV_METRICS_TOKEN}"})
     # As a server would: the app's exception reaches the client as the 500 response, not a raise.
     transport = httpx.ASGITransport(app=ledger._transport.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
@@ -440,20 +438,20 @@ async def test_metrics_need_a_scrape_token(ledger) -> None:
 # ---------------------------------------------------------------------------------------------
 async def test_a_record_the_ledger_keeps_failing_is_dead_lettered_and_the_rest_flow(second_database, kafka_bootstrap,
                                                                                      monkeypatch) -> None:
-    from services.ledger import store
+    from services.ledger.handlers import LedgerHandlers
     from shared.contracts import Leg, TransferCause, TransferRequested
     from shared.topics import LEDGER_TRANSFER_REQUESTS, LEDGER_TRANSFER_REQUESTS_DLQ
     from tests.helpers import read_topic
 
     run = uuid.uuid4().hex[:6]
-    real_post = store.post
+    real_post = LedgerHandlers.post
 
-    async def post(conn: Any, batch: Any, **kw: Any) -> Any:
+    async def post(self: LedgerHandlers, batch: Any, **kw: Any) -> Any:
         if any(s.request.transfer_id == f"pay:{run}-poison" for s in batch):
             raise ValueError("a record this code cannot handle")  # neither bad input nor an outage
-        return await real_post(conn, batch, **kw)
+        return await real_post(self, batch, **kw)
 
-    monkeypatch.setattr(store, "post", post)
+    monkeypatch.setattr(LedgerHandlers, "post", post)
     messages = []
     for name in ("ok-1", "poison", "ok-2"):
         req = TransferRequested(transfer_id=f"pay:{run}-{name}", cause=TransferCause(kind="payment"),
