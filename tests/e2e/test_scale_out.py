@@ -49,8 +49,8 @@ async def run(tmp: Path, replicas: int) -> tuple[dict[str, int], set[tuple[str, 
 async def test_two_instances_of_each_service_give_the_same_ledger_as_one(tmp_path: Path) -> None:
     one_balances, one_entries, one_names = await run(tmp_path / "one", 1)
     two_balances, two_entries, two_names = await run(tmp_path / "two", 2)
-    assert one_names == ["feedback", "ledger", "payments"]
-    assert two_names == ["feedback", "feedback-2", "ledger", "ledger-2", "payments", "payments-2"]
+    assert one_names == ["feedback", "funds", "ledger", "payments"]
+    assert two_names == ["feedback", "feedback-2", "funds", "ledger", "ledger-2", "payments", "payments-2"]
     assert sum(one_balances.values()) == 0 and len(one_entries) > 1000
     assert two_balances == one_balances
     assert two_entries == one_entries

@@ -250,7 +250,9 @@ async def test_feedback_events_feed_the_measure_and_bad_records_are_dead_lettere
 
     async def judged() -> dict[str, Any] | None:
         a = (await funds.get(f"/v1/grants/{gid}/assessment", headers=who["maker"])).json()
-        return a if a["after_points"] == 8 and a["baseline_points"] == 12 else None
+        # every answer consumed (a point already shows once some of its answers are in)
+        done = a["after_points"] == 8 and a["baseline_points"] == 12 and sum(p["responses"] for p in a["points"]) == 200
+        return a if done else None
 
     a = await eventually(judged, timeout_s=30)
     assert a["status"] == "improving" and a["improvement_direction"] == "increase"
