@@ -4,3 +4,4 @@
 CREATE DATABASE pp_feedback;
 CREATE DATABASE pp_payments;
 CREATE DATABASE pp_ledger;
+CREATE DATABASE pp_funds;
