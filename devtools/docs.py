@@ -21,6 +21,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
+from services.payments import events as payments_events
 from shared.contracts import Envelope, FeedbackReceived, PaymentRequested, TransferPosted, TransferRequested
 from shared.topics import (
     FEEDBACK_RECEIVED,
@@ -77,6 +78,7 @@ def event_map() -> dict[str, dict[str, list[tuple[TopicSpec, Any, str]]]]:
             ],
             "produces": [
                 (LEDGER_TRANSFER_REQUESTS, Envelope[TransferRequested], "Journal entries to post. Key: ordering_key (payment id)."),
+                (payments_events.STATEMENTS_DOC[0], Envelope[payments_events.SettlementStatement], payments_events.STATEMENTS_DOC[2]),
                 (PAYMENTS_REQUESTED_DLQ, bytes, DLQ_NOTE),
                 (FEEDBACK_RECEIVED_DLQ, bytes, DLQ_NOTE),
                 (LEDGER_POSTED_DLQ, bytes, DLQ_NOTE),

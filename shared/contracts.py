@@ -455,3 +455,49 @@ FUNDS_EVENT_TYPES: dict[str, type[Contract]] = {
     "funds.milestone-released.v1": MilestoneReleased,
     "funds.grant-cancelled.v1": GrantCancelled,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Payments' settlement statements (scheme option [review], services/payments/review.py)
+# ---------------------------------------------------------------------------------------------
+MAX_STATEMENT_PENCE = 10**15  # far above any provider's month
+
+
+class SettlementStatement(Contract):
+    """A unit's settlement statement (one provider's held episodes of a period under one scheme
+    version): provisional (the report the settlement would produce; no money has moved) or final
+    (the money moved: ``settlement_id`` names the settlement report). Figures only: the reasons of
+    queries and corrections stay in payments' API (``GET /v1/statements/{statement_id}``)."""
+
+    statement_id: ReferenceText
+    status: Literal["provisional", "final"]
+    provider_code: OdsCode
+    region_code: RegionCode
+    period: PeriodCode
+    scheme_id: ReferenceText
+    scheme_version: int = Field(ge=1, le=1_000_000)
+    episodes: int = Field(ge=0, strict=True)
+    responses: int = Field(ge=0, strict=True)
+    billed_pence: int = Field(ge=0, le=MAX_STATEMENT_PENCE, strict=True)
+    held_pence: int = Field(ge=0, le=MAX_STATEMENT_PENCE, strict=True)
+    released_pence: int = Field(ge=0, le=MAX_STATEMENT_PENCE, strict=True)
+    diverted_pence: int = Field(ge=0, le=MAX_STATEMENT_PENCE, strict=True)
+    corrections: int = Field(ge=0, strict=True)
+    window_closes_at: datetime
+    settlement_id: ReferenceText | None = None
+    by: ActorId  # who settled (provisional) or finalised it: a token's subject, or "scheduler"
+    at: datetime
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> "SettlementStatement":
+        if self.released_pence + self.diverted_pence != self.held_pence:
+            raise ValueError("released_pence + diverted_pence must equal held_pence")
+        if (self.status == "final") != (self.settlement_id is not None):
+            raise ValueError("a final statement names its settlement, a provisional one none")
+        return self
+
+
+PAYMENTS_EVENT_TYPES: dict[str, type[Contract]] = {
+    "payments.statement-provisional.v1": SettlementStatement,
+    "payments.statement-finalised.v1": SettlementStatement,
+}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # producer (the envelope's ``producer``; "manual" is the ledger's HTTP API) -> its namespaces
 NAMESPACES: dict[str, tuple[str, ...]] = {
-    "payments": ("pay", "hold", "release", "divert", "settle", "appeal"),
+    "payments": ("pay", "hold", "release", "divert", "settle", "appeal", "appeal-review"),
     "funds": ("grant",),
     "manual": ("manual",),
 }

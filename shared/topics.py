@@ -34,6 +34,9 @@ LEDGER_POSTED_DLQ = TopicSpec("ledger.posted.dlq.v1", 1, "original key")
 # events stay in order on one partition; the event types (funds.grant-proposed.v1, ...) tell the
 # steps apart. Few events (a handful per grant), so few partitions.
 FUNDS_GRANTS = TopicSpec("funds.grants.v1", 3, "grant_id")
+# Payments' settlement statements (scheme option [review]): provisional and finalised, keyed by
+# provider so one provider's statements stay in order. A few per provider a month.
+PAYMENTS_STATEMENTS = TopicSpec("payments.statements.v1", 3, "provider_code")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     PAYMENTS_REQUESTED,
@@ -47,4 +50,5 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     LEDGER_POSTED,
     LEDGER_POSTED_DLQ,
     FUNDS_GRANTS,
+    PAYMENTS_STATEMENTS,
 )

@@ -8,15 +8,18 @@ turn outcomes into status codes and problem bodies."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from services.payments import domain, jobs, queries
-from services.payments.handlers import AcceptPayment, DecideAppeal, OpenAppeal, PaymentsHandlers
+from services.payments.handlers import (
+    AcceptPayment, CorrectStatement, DecideAppeal, DecideReview, OpenAppeal, PaymentsHandlers, QueryStatement, RequestReview,
+)
 from services.payments.intake import Accepted, Conflict, Outcome
 from services.payments.schemes import Scheme
 from shared.auth import principal_of
@@ -80,6 +83,14 @@ class SettlementView(BaseModel):
     min_sample_applied: bool
     cap_applied: bool
     cap_pence: int
+    exempted: bool = Field(False, description="The provider-period was exempted (POST /v1/exemptions): nothing diverted")
+    exemption_reason: str | None = None
+    judgement_steps: list[str] = Field(default_factory=list, description="What the rules found and did, in order")
+
+    @field_validator("judgement_steps", mode="before")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v  # the jsonb column as asyncpg reads it
 
 
 def _rt(request: Request):  # type: ignore[no-untyped-def]
@@ -456,6 +467,43 @@ async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDec
     return appeal
 
 
+class ReviewRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: Reason = Field(description="Why the appellant's side asks for an independent review (the requester is the token's subject)")
+
+
+@router.post("/episodes/{episode_id}/appeal/review-request", tags=["appeals"], status_code=201,
+             responses={200: {"description": "This review was already asked for: the appeal, unchanged",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+             summary="The appellant's side asks, once, for an independent second-level review of a rejected appeal")
+async def request_review(request: Request, response: Response, episode_id: EpisodeId, body: ReviewRequest) -> dict[str, Any]:
+    await _require_acts_for_episode(request, episode_id)
+    try:
+        appeal, changed = await _handlers(request).request_review(
+            RequestReview(episode_id=episode_id, requested_by=_actor(request), reason=body.reason))
+    except (domain.NotFound, domain.Refused) as exc:
+        raise _refused(exc) from exc
+    if not changed:
+        response.status_code = 200
+    return appeal
+
+
+@router.post("/episodes/{episode_id}/appeal/review", tags=["appeals"],
+             summary="An independent person decides a requested review: upheld (of a rejected appeal: fund -> provider) or"
+                     " rejected, with a reason; never the appellant, the first decider or the requester")
+async def decide_review(request: Request, episode_id: EpisodeId, body: AppealDecision) -> dict[str, Any]:
+    await _require_acts_for_episode(request, episode_id)
+    try:
+        appeal, _changed = await _handlers(request).decide_review(
+            DecideReview(episode_id=episode_id, outcome=body.outcome, decided_by=_actor(request), reason=body.reason,
+                         correlation_id=_cid()))
+    except domain.SameActor as exc:
+        raise Problem(403, "Forbidden", str(exc), errors=[{"field": "(token)", "message": str(exc)}]) from exc
+    except (domain.NotFound, domain.Refused) as exc:
+        raise _refused(exc) from exc
+    return appeal
+
+
 @router.get("/episodes/{episode_id}/appeal", tags=["appeals"], summary="An episode's appeal with every step (who, when, why)")
 async def get_appeal(request: Request, episode_id: EpisodeId) -> dict[str, Any]:
     rt = _rt(request)
@@ -478,6 +526,246 @@ async def list_appeals(
         appeals = await queries.list_appeals(conn, status=status, provider_code=provider_code, limit=limit)
     reach = _reach(request)
     return [a for a in appeals if reach.sees_provider(a.get("provider_code"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exemptions (judgement.py): a provider-period exempted for extraordinary circumstances
+# ---------------------------------------------------------------------------------------------
+class ExemptionRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    provider_code: OdsCode = Field(description="The trust (ODS code) to exempt")
+    period: PeriodCode = Field(description="YYYY-MM, not settled yet")
+    reason: Reason = Field(description="The extraordinary circumstances (the person exempting is the token's subject)")
+
+
+class ExemptionView(BaseModel):
+    provider_code: str
+    region_code: str | None
+    period: str
+    reason: str
+    exempted_by: str
+    exempted_at: datetime
+
+
+def _exemption_view(request: Request, e: Any) -> ExemptionView:
+    provider = _rt(request).reference.providers.get(e["provider_code"] if isinstance(e, dict) else e.provider_code)
+    fields = e if isinstance(e, dict) else {k: getattr(e, k) for k in ("provider_code", "period", "reason", "exempted_by",
+                                                                      "exempted_at")}
+    return ExemptionView(**fields, region_code=provider.region_code if provider is not None else None)
+
+
+def _require_region_for(request: Request, provider_code: str, field: str) -> None:
+    """403 unless the token acts for the trust as its region or nationally (a trust-bound token
+    never does: a trust does not waive or correct its own judgement)."""
+    reach = _reach(request)
+    trust = _rt(request).reference.trust_of(provider_code)
+    region = _rt(request).reference.providers[trust].region_code if trust is not None else None
+    reach.require(reach.national or (region is not None and reach.acts_for_region(region)), field, f"provider {provider_code}")
+
+
+@router.post("/exemptions", response_model=ExemptionView, status_code=201, tags=["judgement"],
+             responses={200: {"model": ExemptionView, "description": "The same exemption by the same person again: unchanged"}},
+             summary="Exempt a provider-period from diversions for extraordinary circumstances, before it settles")
+async def create_exemption(request: Request, response: Response, body: ExemptionRequest) -> ExemptionView:
+    rt = _rt(request)
+    if body.provider_code not in rt.reference.providers:  # public reference data: a 422 naming the field
+        raise _invalid(domain.InputError("provider_code", f"{body.provider_code} is not a known provider"))
+    _require_region_for(request, body.provider_code, "provider_code")
+    try:
+        exemption, created = await _handlers(request).exempt(provider_code=body.provider_code, period=body.period,
+                                                             reason=body.reason, exempted_by=_actor(request))
+    except domain.InputError as exc:
+        raise _invalid(exc) from exc
+    except domain.Refused as exc:
+        raise Problem(409, "Not allowed now", str(exc), errors=[{"field": "period", "message": str(exc)}]) from exc
+    except Raced as exc:
+        raise Problem(409, "Conflict", "another request is exempting this provider-period; send it again",
+                      errors=[{"field": "period", "message": "concurrent exemption"}]) from exc
+    if not created:
+        response.status_code = 200
+    return _exemption_view(request, exemption)
+
+
+@router.get("/exemptions", response_model=list[ExemptionView], tags=["judgement"],
+            summary="Exemptions (of one period), oldest first, for the providers the token sees")
+async def list_exemptions(request: Request, period: Annotated[PeriodCode | None, Query(description="YYYY-MM")] = None
+                          ) -> list[ExemptionView]:
+    async with _rt(request).pool.acquire() as conn:
+        rows = await queries.exemptions(conn, period)
+    reach = _reach(request)
+    return [_exemption_view(request, r) for r in rows if reach.sees_provider(r["provider_code"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statements: provisional, then final (scheme option [review], review.py)
+# ---------------------------------------------------------------------------------------------
+StatementId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$",
+                                  description="The statement id: the settlement id it becomes (provider:period:scheme@version)")]
+
+
+class StatementSummary(BaseModel):
+    statement_id: str
+    provider_code: str
+    region_code: str
+    period: str
+    scheme: str
+    status: Literal["provisional", "final"]
+    created_by: str = Field(description="Who ran the settlement that wrote it (a token's subject, or scheduler)")
+    created_at: datetime
+    window_closes_at: datetime = Field(description="Queries and corrections until then; finalised once it has passed")
+    accepted_by: str | None = None
+    accepted_at: datetime | None = None
+    finalised_by: str | None = None
+    finalised_at: datetime | None = None
+    settlement_id: str | None = Field(None, description="The settlement report that moved the money, once final")
+    episodes: int
+    responses: int
+    billed_pence: int
+    held_pence: int
+    released_pence: int = Field(description="Final figures once final, else the provisional ones")
+    diverted_pence: int
+    min_sample_applied: bool
+    cap_applied: bool
+    exempted: bool
+    gate_opened: bool | None = None
+    url: str
+
+
+class StatementStep(BaseModel):
+    step: Literal["provisional", "query", "correction", "accepted", "finalised"]
+    actor: str
+    reason: str | None = None
+    episode_id: str | None = None
+    action: Literal["exclude"] | None = None
+    at: datetime
+
+
+class StatementView(StatementSummary):
+    provisional_report: dict[str, Any] = Field(description="The report the settlement would produce: figures, rules"
+                                                           " applied (judgement_steps) and each episode (lines)")
+    final_report: dict[str, Any] | None = Field(None, description="The settlement's report with the corrections applied")
+    corrections: list[StatementStep]
+    queries: list[StatementStep]
+    history: list[StatementStep] = Field(description="Every step, in order: who, what, why, when")
+
+
+class StatementQueryRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: Reason = Field(description="The trust's question (the person asking is the token's subject)")
+    episode_id: ExternalId | None = Field(None, description="The episode it is about, if one")
+
+
+class StatementCorrectionRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    episode_id: ExternalId
+    action: Literal["exclude"] = Field(description="exclude: the episode is released in full instead of being judged")
+    reason: Reason = Field(description="Why (e.g. the answer was attributed to the wrong trust); the reviewer is the token's subject")
+
+
+class FinalisedStatements(BaseModel):
+    finalised: list[SettlementView]
+
+
+async def _statement_for(request: Request, statement_id: str, *, act: bool) -> str:
+    """The statement's provider; 404 unless the token sees it (``act``: acts for it)."""
+    async with _rt(request).pool.acquire() as conn:
+        provider = await queries.statement_provider(conn, statement_id)
+    reach = _reach(request)
+    if provider is None or not (reach.acts_for_provider(provider) if act else reach.sees_provider(provider)):
+        raise not_found(f"statement {statement_id}")
+    return provider
+
+
+def _statement_refused(exc: Exception) -> Problem:
+    if isinstance(exc, domain.NotFound):
+        return not_found(str(exc).removeprefix("no "))
+    if isinstance(exc, domain.InputError):
+        return _invalid(exc)
+    return Problem(409, "Not allowed now", str(exc), errors=[{"field": "(statement)", "message": str(exc)}])
+
+
+@router.get("/statements", response_model=list[StatementSummary], tags=["statements"],
+            summary="Settlement statements (provisional or final), for the providers the token sees")
+async def list_statements(
+    request: Request,
+    period: Annotated[PeriodCode | None, Query(description="YYYY-MM")] = None,
+    provider_code: Annotated[OdsCode | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[StatementSummary]:
+    async with _rt(request).pool.acquire() as conn:
+        rows = await queries.list_statements(conn, period=period, provider_code=provider_code, limit=limit)
+    reach = _reach(request)
+    return [StatementSummary(**r) for r in rows if reach.sees_provider(r["provider_code"])]
+
+
+@router.get("/statements/{statement_id}", response_model=StatementView, tags=["statements"],
+            summary="A statement: its provisional report, its final report once final, corrections, queries, history")
+async def get_statement(request: Request, statement_id: StatementId) -> StatementView:
+    await _statement_for(request, statement_id, act=False)
+    async with _rt(request).pool.acquire() as conn:
+        view = await queries.statement_view(conn, statement_id)
+    if view is None:
+        raise not_found(f"statement {statement_id}")
+    return StatementView(**view)
+
+
+@router.post("/statements/finalise-due", response_model=FinalisedStatements, tags=["statements"],
+             summary="Finalise the due statements (accepted, or past their window) of the providers the token acts for:"
+                     " the money moves, corrections applied; idempotent")
+async def finalise_due(request: Request) -> FinalisedStatements:
+    reach = _reach(request)
+    reports = await _handlers(request).finalise_due(run_by=_actor(request), correlation_id=_cid(),
+                                                    may_settle=None if reach.national else reach.acts_for_provider)
+    return FinalisedStatements(finalised=[SettlementView(**{k: r[k] for k in SettlementView.model_fields if k in r})
+                                          for r in reports])
+
+
+@router.post("/statements/{statement_id}/queries", response_model=StatementView, status_code=201, tags=["statements"],
+             responses={200: {"model": StatementView, "description": "The same question by the same person again: unchanged"}},
+             summary="The trust queries its provisional statement (or one episode of it) within the correction window")
+async def query_statement(request: Request, response: Response, statement_id: StatementId,
+                          body: StatementQueryRequest) -> StatementView:
+    await _statement_for(request, statement_id, act=True)
+    try:
+        view, changed = await _handlers(request).query_statement(
+            QueryStatement(statement_id, asked_by=_actor(request), reason=body.reason, episode_id=body.episode_id))
+    except (domain.NotFound, domain.Refused, domain.InputError) as exc:
+        raise _statement_refused(exc) from exc
+    if not changed:
+        response.status_code = 200
+    return StatementView(**view)
+
+
+@router.post("/statements/{statement_id}/corrections", response_model=StatementView, status_code=201, tags=["statements"],
+             responses={200: {"model": StatementView, "description": "The same correction by the same person again: unchanged"}},
+             summary="A regional or national reviewer corrects a provisional statement within its window (exclude an episode:"
+                     " released in full instead of being judged)")
+async def correct_statement(request: Request, response: Response, statement_id: StatementId,
+                            body: StatementCorrectionRequest) -> StatementView:
+    provider = await _statement_for(request, statement_id, act=False)
+    _require_region_for(request, provider, "(token)")
+    try:
+        view, changed = await _handlers(request).correct_statement(
+            CorrectStatement(statement_id, episode_id=body.episode_id, action=body.action, corrected_by=_actor(request),
+                             reason=body.reason))
+    except (domain.NotFound, domain.Refused, domain.InputError) as exc:
+        raise _statement_refused(exc) from exc
+    except Raced as exc:
+        raise _statement_refused(domain.Refused("another request is correcting this episode; send it again")) from exc
+    if not changed:
+        response.status_code = 200
+    return StatementView(**view)
+
+
+@router.post("/statements/{statement_id}/accept", response_model=StatementView, tags=["statements"],
+             summary="The trust accepts its provisional statement early: it is finalised at the next finalisation")
+async def accept_statement(request: Request, statement_id: StatementId) -> StatementView:
+    await _statement_for(request, statement_id, act=True)
+    try:
+        view, _changed = await _handlers(request).accept_statement(statement_id, accepted_by=_actor(request))
+    except (domain.NotFound, domain.Refused) as exc:
+        raise _statement_refused(exc) from exc
+    return StatementView(**view)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ def create_app(settings: PaymentsSettings | None = None) -> FastAPI:
                                                             correlation_id=f"settlement:{period}"))
             except Exception:
                 log.exception("scheduled settlement failed; will retry")
+            try:  # provisional statements (scheme option [review]) accepted or past their window: the money moves
+                await runtime.handlers.finalise_due(run_by="scheduler", correlation_id="statements:finalise-due",
+                                                    trigger="scheduler")
+            except Exception:
+                log.exception("scheduled finalisation of statements failed; will retry")
             await asyncio.sleep(settings.settlement_check_interval_s)
 
     @runtime.on_start

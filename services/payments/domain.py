@@ -6,7 +6,7 @@ unit-tested and property-tested, replayed offline (what-if) and explained step b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
@@ -504,6 +504,7 @@ def settle(
     divert: bool = True,
     context: judgement.JudgementContext | None = None,
     exemption: judgement.Exemption | None = None,
+    excluded: Mapping[str, str] | None = None,
 ) -> SettlementReport:
     """Settle one provider's episodes for one period under one scheme.
 
@@ -519,6 +520,10 @@ def settle(
     8. The total is split over the episodes in proportion to their uncapped diversions, by largest
        remainder so the pennies add up exactly (unchanged when no rule reduced it); each episode's
        held amount goes to the provider (released) and the region's fund (diverted).
+
+    ``excluded`` (episode id -> why, from a reviewer's correction of a provisional statement,
+    ``review.py``): those episodes are not judged: released in full, not counted as responses,
+    and their answers are taken out of the provider's counts the gate and case mix read.
     """
     mine = sorted(
         (e for e in episodes if e.provider_code == provider_code and e.period == period and e.scheme_id == scheme.scheme_id
@@ -535,7 +540,11 @@ def settle(
     answers_of: dict[str, list[Answer]] = {}
     for a in answers:
         answers_of.setdefault(a.episode_id, []).append(a)
-    decisions = [decide(e, answers_of.get(e.episode_id, ()), scheme) for e in mine]
+    excluded = excluded or {}
+    decisions = [Decision(BPS_WHOLE, None, f"excluded by correction: {excluded[e.episode_id]}: released in full", 0)
+                 if e.episode_id in excluded else decide(e, answers_of.get(e.episode_id, ()), scheme) for e in mine]
+    if excluded and context is not None:
+        context = judgement.excluding(context, [e for e in mine if e.episode_id in excluded], answers, scheme)
     uncapped = [bps_of(e.at_risk_pence, BPS_WHOLE - d.release_bps) for e, d in zip(mine, decisions)]
     report.billed_pence = sum(e.amount_pence for e in mine)
     report.held_pence = sum(e.at_risk_pence for e in mine)
@@ -694,6 +703,72 @@ def appeal_transfer(e: Episode, *, diverted_pence: int, appeal_id: str) -> Trans
     return TransferRequested(
         transfer_id=appeal_transfer_id(e.payment_id), ordering_key=e.payment_id,
         cause=_cause(e, "appeal_upheld", appeal_id=appeal_id),
+        legs=(Leg(account_id=fund_account(e.region_code), amount_pence=-diverted_pence),
+              Leg(account_id=provider_account(e.provider_code), amount_pence=diverted_pence)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Second-level appeal review
+# ---------------------------------------------------------------------------------------------
+ReviewStatus = Literal["requested", "upheld", "rejected"]
+
+
+def appeal_review_transfer_id(payment_id: str) -> str:
+    """``appeal-review:<payment_id>``: a namespace of its own (shared/namespaces.py), so it can never
+    be the appeal's ``appeal:<payment_id>`` whatever the payment id (which may hold colons)."""
+    return derived_transfer_id("appeal-review", payment_id)
+
+
+def review_deadline(decided_at: datetime, scheme: Scheme) -> datetime:
+    """A review may be asked for until this instant: the first decision plus the scheme's appeal window."""
+    return decided_at + timedelta(days=scheme.appeal_window_days)
+
+
+def review_request_refusal(*, status: AppealStatus, review_status: ReviewStatus | None, decided_at: datetime | None,
+                           now: datetime, scheme: Scheme | None) -> str | None:
+    """Why an independent review cannot be asked for now, or None if it can: once, of a rejected
+    appeal, within the scheme's appeal window after the first decision."""
+    if review_status is not None:
+        return f"a review of this appeal was already asked for ({review_status}); it is asked for once"
+    if status == "open" or decided_at is None:
+        return "the appeal has not been decided yet"
+    if status == "upheld":
+        return "the appeal was upheld: there is nothing to review"
+    if scheme is None:
+        return "the episode's scheme is no longer loaded"
+    deadline = review_deadline(decided_at, scheme)
+    if now > deadline:
+        return f"a review could be asked for until {deadline.isoformat()} ({scheme.appeal_window_days} days after the decision)"
+    return None
+
+
+def check_reviewer(reviewer: str, *, appealed_by: str, decided_by: str | None, requested_by: str | None) -> None:
+    """Independence: the reviewer is not the appellant, the first-level decider, nor whoever asked
+    for the review (SameActor, HTTP 403; also a database constraint)."""
+    for who, role in ((appealed_by, "opened this appeal"), (decided_by, "decided this appeal"),
+                      (requested_by, "asked for this review")):
+        if reviewer == who:
+            raise SameActor(f"{reviewer} {role} and cannot review it; an independent authorised person must")
+
+
+def review_decision_refusal(review_status: ReviewStatus | None, outcome: AppealOutcome) -> str | None:
+    """A review is decided once; deciding it again the same way is an idempotent no-op (None)."""
+    if review_status is None:
+        return "no review of this appeal has been asked for"
+    if review_status == "requested" or review_status == outcome:
+        return None
+    return f"the review was already {review_status}"
+
+
+def review_transfer(e: Episode, *, diverted_pence: int, appeal_id: str) -> TransferRequested:
+    """An upheld review of a rejected appeal gives the provider back what was diverted, exactly as an
+    upheld appeal does (fund -> provider), under its own transfer id."""
+    check(diverted_pence > 0, "an upheld review returns a positive diversion")
+    check(diverted_pence <= e.at_risk_pence, "a review cannot return more than was at risk")
+    return TransferRequested(
+        transfer_id=appeal_review_transfer_id(e.payment_id), ordering_key=e.payment_id,
+        cause=_cause(e, "appeal_upheld", appeal_id=appeal_id, note="second-level review upheld"),
         legs=(Leg(account_id=fund_account(e.region_code), amount_pence=-diverted_pence),
               Leg(account_id=provider_account(e.provider_code), amount_pence=diverted_pence)),
     )

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from services.payments.domain import Episode, PlannedTransfer
 from shared import events
-from shared.contracts import TransferRequested
+from shared.contracts import SettlementStatement, TransferRequested
 from shared.events import Row
-from shared.topics import LEDGER_TRANSFER_REQUESTS
+from shared.topics import LEDGER_TRANSFER_REQUESTS, PAYMENTS_STATEMENTS
 
 PRODUCER = "payments"
 EVENT_TYPE = "ledger.transfer-requested.v1"
@@ -60,3 +60,22 @@ def request_row(t: TransferRequested, *, correlation_id: str, causation_id: str 
     """The row of a transfer built as a contract model, keyed by its ordering key."""
     return events.model_row(TOPIC, t.key, EVENT_TYPE, t, producer=PRODUCER, correlation_id=correlation_id,
                             causation_id=causation_id, event_id=events.event_ids(1)[0], occurred_at=events.occurred_now())
+
+
+STATEMENT_PROVISIONAL = "payments.statement-provisional.v1"
+STATEMENT_FINALISED = "payments.statement-finalised.v1"
+
+
+def statement_row(statement: SettlementStatement, *, correlation_id: str) -> Row:
+    """A statement's event (provisional or finalised) on ``payments.statements.v1``, keyed by provider."""
+    type_ = STATEMENT_FINALISED if statement.status == "final" else STATEMENT_PROVISIONAL
+    return events.model_row(PAYMENTS_STATEMENTS.name, statement.provider_code, type_, statement, producer=PRODUCER,
+                            correlation_id=correlation_id, causation_id=statement.statement_id,
+                            event_id=events.event_ids(1)[0], occurred_at=events.occurred_now())
+
+
+# What payments publishes besides its dead letters, for the AsyncAPI document (devtools/docs.py
+# lists payments' topics itself; this is the entry it needs for the statements).
+STATEMENTS_DOC = (PAYMENTS_STATEMENTS, SettlementStatement,
+                  "Settlement statements under a scheme with [review]: payments.statement-provisional.v1 (no money moved)"
+                  " and payments.statement-finalised.v1 (the money moved; settlement_id names the report). Key: provider_code.")

@@ -14,14 +14,15 @@ new facts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from services.payments import domain, events, intake, metrics, reconcile, settlement
+from services.payments import domain, events, intake, metrics, reconcile, review, settlement
 from services.payments.intake import Outcome
-from services.payments.ports import EpisodeRow, NewAppeal, PaymentsStore
+from services.payments.ports import EpisodeRow, NewAppeal, PaymentsStore, Unit
 from services.payments.schemes import SchemeBook
 from services.payments.settlement import RunSettlement
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferPosted
@@ -29,6 +30,8 @@ from shared.money import InvariantError, check
 from shared.reference import ReferenceData
 from shared.uow import Raced, UnitOfWork
 
+
+log = logging.getLogger(__name__)
 
 # The most commands one unit of work takes: the Kafka batch (PAYMENTS_BATCH_MAX_RECORDS) and the
 # HTTP batch (PAYMENTS_BATCH_MAX_ITEMS) are both capped at this by their settings.
@@ -61,6 +64,48 @@ class DecideAppeal:
     episode_id: str
     outcome: domain.AppealOutcome
     decided_by: str  # the token's subject; never the appellant
+    reason: str
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class QueryStatement:
+    statement_id: str
+    asked_by: str  # the token's subject
+    reason: str
+    episode_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CorrectStatement:
+    statement_id: str
+    episode_id: str
+    action: str
+    corrected_by: str  # the token's subject: a regional or national reviewer, never the trust
+    reason: str
+
+
+class StatementResult(NamedTuple):
+    statement: dict[str, Any]  # as GET /v1/statements/{id} shows it
+    changed: bool
+
+
+# The most due statements one finalisation takes (each its own unit of work); the rest wait for the next.
+MAX_DUE_STATEMENTS = 5_000
+
+
+@dataclass(frozen=True)
+class RequestReview:
+    episode_id: str
+    requested_by: str  # the token's subject: the appellant's side
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecideReview:
+    episode_id: str
+    outcome: domain.AppealOutcome
+    decided_by: str  # the token's subject: never the appellant, the first decider or the requester
     reason: str
     correlation_id: str
 
@@ -157,7 +202,111 @@ class PaymentsHandlers:
     # -- settlement ---------------------------------------------------------------------------
     async def run_settlement(self, cmd: RunSettlement) -> list[dict[str, Any]]:
         """Settle a period's units, one unit of work each (``settlement.py``); the new reports."""
-        return await settlement.run_settlement(self.uow, self.book, cmd, today=self.clock().date())
+        now = self.clock()
+        return await settlement.run_settlement(self.uow, self.book, cmd, today=now.date(), now=now)
+
+    # -- statements (scheme option [review], review.py) ---------------------------------------------
+    async def finalise_due(self, *, run_by: str, correlation_id: str, may_settle: Callable[[str], bool] | None = None,
+                           trigger: str = "api", limit: int = MAX_DUE_STATEMENTS) -> list[dict[str, Any]]:
+        """Finalise the provisional statements that are due (accepted by the trust, or past their
+        window) among the providers ``may_settle`` allows: each is its unit's settlement run again,
+        corrections applied (``settlement.settle_unit``), in its own unit of work. Idempotent: a
+        statement finalised meanwhile has nothing held left, and is skipped. The new reports."""
+        now = self.clock()
+        due = await self.uow.run(lambda tx: tx.due_statements(now, limit))
+        reports = []
+        for st in due:
+            if may_settle is not None and not may_settle(st.provider_code):
+                continue
+            scheme = self.book.get(st.scheme_id, st.scheme_version)
+            if scheme is None:  # reported, and the others go on (one unloadable scheme must not hold every trust's money)
+                log.error("statement %s cannot be finalised: scheme %s@%s is no longer loaded", st.statement_id,
+                          st.scheme_id, st.scheme_version)
+                continue
+            unit = Unit(st.provider_code, st.scheme_id, st.scheme_version)
+            cmd = RunSettlement(period=st.period, run_by=run_by, correlation_id=correlation_id, trigger=trigger)
+            with metrics.SETTLEMENT_SECONDS.time():
+                done = await self.uow.run(lambda tx: settlement.settle_unit(tx, unit, scheme, cmd, now=now))  # noqa: B023
+            metrics.unit_settled(done)  # committed
+            if done:
+                reports.append(done)
+        return reports
+
+    async def query_statement(self, cmd: QueryStatement) -> StatementResult:
+        """The trust asks about its provisional statement (or one episode of it) within the window.
+        The same question by the same person again changes nothing."""
+        review.check_reason("reason", cmd.reason)
+        now = self.clock()
+
+        async def work(tx: PaymentsStore) -> StatementResult:
+            st = await self._statement(tx, cmd.statement_id)
+            if cmd.episode_id is not None:
+                review.check_episode(st, cmd.episode_id)
+            steps = await tx.statement_steps(st.statement_id)
+            if any(h["step"] == "query" and (h["actor"], h["reason"], h["episode_id"]) == (cmd.asked_by, cmd.reason, cmd.episode_id)
+                   for h in steps):
+                return StatementResult(await tx.statement_view(st.statement_id) or {}, False)
+            refusal = review.query_refusal(st, now)
+            if refusal:
+                raise domain.Refused(refusal)
+            await tx.add_statement_step(st.statement_id, step="query", actor=cmd.asked_by, reason=cmd.reason, at=now,
+                                        episode_id=cmd.episode_id)
+            return StatementResult(await tx.statement_view(st.statement_id) or {}, True)
+
+        return await self.uow.run(work)
+
+    async def correct_statement(self, cmd: CorrectStatement) -> StatementResult:
+        """An authorised reviewer corrects a provisional statement within its window, before the trust
+        accepts it: ``exclude`` an episode (released in full instead of being judged), once per
+        episode. The same correction by the same person again changes nothing; another is Refused."""
+        review.check_reason("reason", cmd.reason)
+        if cmd.action not in ("exclude",):
+            raise domain.InputError("action", f"{cmd.action!r} is not a correction (exclude)")
+        now = self.clock()
+
+        async def work(tx: PaymentsStore) -> StatementResult:
+            st = await self._statement(tx, cmd.statement_id)
+            review.check_episode(st, cmd.episode_id)
+            steps = await tx.statement_steps(st.statement_id)
+            earlier = next((h for h in steps if h["step"] == "correction" and h["episode_id"] == cmd.episode_id), None)
+            if earlier is not None:
+                if (earlier["actor"], earlier["action"], earlier["reason"]) == (cmd.corrected_by, cmd.action, cmd.reason):
+                    return StatementResult(await tx.statement_view(st.statement_id) or {}, False)
+                raise domain.Refused(f"episode {cmd.episode_id} was corrected already by {earlier['actor']} ({earlier['reason']})")
+            refusal = review.correction_refusal(st, now)
+            if refusal:
+                raise domain.Refused(refusal)
+            if not await tx.add_statement_step(st.statement_id, step="correction", actor=cmd.corrected_by, reason=cmd.reason,
+                                               at=now, episode_id=cmd.episode_id, action=cmd.action):
+                raise Raced(f"episode {cmd.episode_id} was corrected by another request meanwhile")
+            return StatementResult(await tx.statement_view(st.statement_id) or {}, True)
+
+        return await self.uow.run(work)
+
+    async def accept_statement(self, statement_id: str, *, accepted_by: str) -> StatementResult:
+        """The trust accepts its provisional statement: it is due, and the next finalisation moves
+        the money. Accepting again changes nothing; a final statement is Refused."""
+        now = self.clock()
+
+        async def work(tx: PaymentsStore) -> StatementResult:
+            st = await self._statement(tx, statement_id)
+            if st.accepted_at is not None:
+                return StatementResult(await tx.statement_view(statement_id) or {}, False)
+            refusal = review.accept_refusal(st)
+            if refusal:
+                raise domain.Refused(refusal)
+            await tx.accept_statement(statement_id, by=accepted_by, at=now)
+            await tx.add_statement_step(statement_id, step="accepted", actor=accepted_by, reason=None, at=now)
+            return StatementResult(await tx.statement_view(statement_id) or {}, True)
+
+        return await self.uow.run(work)
+
+    @staticmethod
+    async def _statement(tx: PaymentsStore, statement_id: str) -> review.Statement:
+        st = await tx.statement(statement_id, lock=True)
+        if st is None:
+            raise domain.NotFound(f"no statement {statement_id}")
+        return st
 
     # -- appeals ------------------------------------------------------------------------------
     async def open_appeal(self, cmd: OpenAppeal) -> AppealResult:
@@ -228,6 +377,71 @@ class PaymentsHandlers:
         metrics.appeal_decided(result.appeal, result.changed)  # committed
         return result
 
+    # -- second-level review -------------------------------------------------------------------
+    async def request_review(self, cmd: RequestReview) -> AppealResult:
+        """The appellant's side asks, once, for an independent review of a rejected appeal, within
+        the scheme's appeal window after the decision. The same request again changes nothing."""
+        now = self.clock()
+
+        async def work(tx: PaymentsStore) -> AppealResult:
+            target = await tx.appeal_target(cmd.episode_id, lock=True)  # the episode's lock, as for the appeal itself
+            a = await tx.appeal_review(cmd.episode_id, lock=True)
+            if target is None or a is None:
+                raise domain.NotFound(f"episode {cmd.episode_id} has no appeal")
+            if a.review_status is not None and (a.review_requested_by, a.review_request_reason) == (cmd.requested_by, cmd.reason):
+                return AppealResult(await tx.appeal_view(cmd.episode_id) or {}, False)
+            e = target.episode
+            scheme = self.book.get(e.scheme_id, e.scheme_version) if e.scheme_id is not None else None  # type: ignore[arg-type]
+            refusal = domain.review_request_refusal(status=a.status, review_status=a.review_status, decided_at=a.decided_at,
+                                                    now=now, scheme=scheme)
+            if refusal:
+                raise domain.Refused(refusal)
+            await tx.request_review(a.appeal_id, requested_by=cmd.requested_by, reason=cmd.reason, at=now)
+            await tx.add_appeal_step(a.appeal_id, step="review_requested", actor=cmd.requested_by, reason=cmd.reason, at=now)
+            return AppealResult(await tx.appeal_view(cmd.episode_id) or {}, True)
+
+        return await self.uow.run(work)
+
+    async def decide_review(self, cmd: DecideReview) -> AppealResult:
+        """An independent authorised person decides a requested review. Upheld (of a rejected appeal):
+        the ledger moves the diverted money fund -> provider (``appeal-review:<payment_id>``). Never by
+        the appellant, the first decider or the requester (``SameActor``); the same decision again
+        changes nothing; the other way is ``Refused``."""
+        now = self.clock()
+
+        async def work(tx: PaymentsStore) -> AppealResult:
+            a = await tx.appeal_review(cmd.episode_id, lock=True)
+            if a is None:
+                raise domain.NotFound(f"episode {cmd.episode_id} has no appeal")
+            domain.check_reviewer(cmd.decided_by, appealed_by=a.appealed_by, decided_by=a.decided_by,
+                                  requested_by=a.review_requested_by)
+            refusal = domain.review_decision_refusal(a.review_status, cmd.outcome)
+            if refusal:
+                raise domain.Refused(refusal)
+            if a.review_status == cmd.outcome:
+                return AppealResult(await tx.appeal_view(cmd.episode_id) or {}, False)
+            if a.status != "rejected":
+                raise InvariantError("only a rejected appeal is reviewed (review_request_refusal, a database constraint)")
+            transfer_id = None
+            if cmd.outcome == "upheld":
+                target = await tx.appeal_target(cmd.episode_id, lock=False)
+                if target is None:
+                    raise InvariantError("an appeal's episode exists (a foreign key)")
+                transfer = domain.review_transfer(target.episode, diverted_pence=a.diverted_pence, appeal_id=a.appeal_id)
+                await tx.request_transfers([reconcile.tracked_request(transfer, cmd.episode_id)],
+                                           [events.request_row(transfer, correlation_id=cmd.correlation_id,
+                                                               causation_id=a.appeal_id)])
+                transfer_id = transfer.transfer_id
+            await tx.decide_review(a.appeal_id, outcome=cmd.outcome, decided_by=cmd.decided_by, reason=cmd.reason, at=now,
+                                   transfer_id=transfer_id)
+            await tx.add_appeal_step(a.appeal_id, step=f"review_{cmd.outcome}", actor=cmd.decided_by, reason=cmd.reason, at=now)
+            return AppealResult(await tx.appeal_view(cmd.episode_id) or {}, True)
+
+        result = await self.uow.run(work)
+        if result.changed and (result.appeal.get("review") or {}).get("status") == "upheld":  # committed: count it once
+            metrics.appeal_decided({**result.appeal, "status": "upheld"}, True)
+        return result
+
     # -- exemptions ---------------------------------------------------------------------------
     async def exempt(self, *, provider_code: str, period: str, reason: str, exempted_by: str) -> tuple[Any, bool]:
         """An authorised person (``exempted_by``: the token's subject) exempts a provider-period for
@@ -271,4 +485,5 @@ async def _record_answers(tx: PaymentsStore, answers: Sequence[FeedbackReceived]
     return intake.answer_outcomes(answers, kept, stored_now)
 
 
-__all__ = ["AcceptPayment", "AppealResult", "DecideAppeal", "OpenAppeal", "PaymentsHandlers", "RunSettlement"]
+__all__ = ["AcceptPayment", "AppealResult", "CorrectStatement", "DecideAppeal", "DecideReview", "OpenAppeal", "RequestReview", "PaymentsHandlers", "QueryStatement",
+           "RunSettlement", "StatementResult"]

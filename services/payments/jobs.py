@@ -371,7 +371,7 @@ class JobRunner:
             await tx.finish_unit(job_id, unit, None, f"scheme {unit.scheme_id}@{unit.scheme_version} is no longer loaded", now)
             return "failed", None
         with metrics.SETTLEMENT_SECONDS.time():
-            summary = await settle_unit(tx, unit, scheme, cmd)
+            summary = await settle_unit(tx, unit, scheme, cmd, now=now)
         await tx.finish_unit(job_id, unit, summary, None, now)
         return "done", summary
 

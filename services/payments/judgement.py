@@ -176,6 +176,33 @@ def counts_from_records(episodes: Iterable[Episode], answers: Iterable[Answer], 
     return PeriodCounts(period, window_days, tuple(sorted(rows, key=row_order)))
 
 
+def excluding(context: JudgementContext, episodes: Sequence[Episode], answers: Iterable[Answer],
+              scheme: Scheme) -> JudgementContext:
+    """The context without these episodes' answers in the period's counts (a reviewer excluded
+    them: e.g. an answer attributed to the wrong trust must not count in its measure either).
+    Each excluded episode stays counted, as an episode with no FFT answer."""
+    window = scheme.decision_window_days
+    counts = context.counts_for(context.period, window)
+    if counts is None or not episodes:
+        return context
+    removed = counts_from_records(episodes, answers, context.period, window)
+    tally: dict[tuple[object, ...], int] = {}
+    for r in counts.rows:
+        k = (r.provider_code, r.region_code, r.service_type, r.age_band, r.imd_decile, r.fft_answer)
+        tally[k] = tally.get(k, 0) + r.episodes
+    for r in removed.rows:
+        if r.fft_answer is None:
+            continue  # counted as unanswered already
+        k = (r.provider_code, r.region_code, r.service_type, r.age_band, r.imd_decile, r.fft_answer)
+        check(tally.get(k, 0) >= r.episodes, "an excluded episode is in the period's counts")
+        tally[k] -= r.episodes
+        unanswered = (*k[:5], None)
+        tally[unanswered] = tally.get(unanswered, 0) + r.episodes
+    rows = tuple(sorted((AnswerCount(*k, n) for k, n in tally.items() if n), key=row_order))  # type: ignore[arg-type]
+    return JudgementContext(context.period, {**context.counts, (context.period, window): PeriodCounts(context.period, window, rows)},
+                            context.prom_improved)
+
+
 def row_order(r: AnswerCount) -> tuple[object, ...]:
     return (r.provider_code, r.region_code, r.service_type, r.age_band or "", r.imd_decile or 0, r.fft_answer or 0)
 

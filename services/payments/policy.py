@@ -31,8 +31,38 @@ POLICY = {
         "appeals:write", "acts for the episode's provider (the trust itself, its region, or national)", "404 another trust's episode"),
     ("POST", "/v1/episodes/{episode_id}/appeal/decision"): Rule(
         "appeals:decide", "acts for the episode's provider", "404 outside the binding; 403 the appellant deciding their own appeal"),
+    ("POST", "/v1/episodes/{episode_id}/appeal/review-request"): Rule(
+        "appeals:write", "acts for the episode's provider (the appellant's side)",
+        "404 outside the binding; 409 an appeal not rejected, a review already asked for, or too late"),
+    ("POST", "/v1/episodes/{episode_id}/appeal/review"): Rule(
+        "appeals:review", "acts for the episode's provider",
+        "404 outside the binding; 403 the appellant, the first-level decider or the requester; 409 no review asked for,"
+        " or decided the other way"),
     ("GET", "/v1/episodes/{episode_id}/appeal"): Rule(READ, "the episode's provider", "404 outside the binding"),
     ("GET", "/v1/appeals"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    # Exemptions: a scope of their own, not schemes:admin. Exempting is a judgement about one
+    # provider's circumstances that switches its diversions off; running settlements is an
+    # operational duty. Keeping them apart means whoever runs the month cannot also waive it.
+    ("POST", "/v1/exemptions"): Rule(
+        "payments:exempt", "acts for the provider as its region or national (not the trust itself)",
+        "403 a provider outside the binding or a trust-bound token; 409 a provider-period already settled or exempted"
+        " otherwise; 422 an unknown provider, a bad period or reason"),
+    ("GET", "/v1/exemptions"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    # Statements: provisional, then final (scheme option [review]).
+    ("GET", "/v1/statements"): Rule(READ, "lists the providers the binding sees", "nothing: others are left out"),
+    ("GET", "/v1/statements/{statement_id}"): Rule(READ, "the statement's provider", "404 outside the binding"),
+    ("POST", "/v1/statements/{statement_id}/queries"): Rule(
+        "appeals:write", "acts for the statement's provider (the trust itself, its region, or national)",
+        "404 outside the binding; 409 a final statement or a closed window; 422 an episode not on the statement"),
+    ("POST", "/v1/statements/{statement_id}/corrections"): Rule(
+        "schemes:admin", "acts for the statement's provider as its region or national (not the trust itself)",
+        "404 outside the binding; 403 a trust-bound token; 409 final, window closed, accepted, or the episode corrected"
+        " otherwise; 422 an episode not on the statement"),
+    ("POST", "/v1/statements/{statement_id}/accept"): Rule(
+        "appeals:write", "acts for the statement's provider", "404 outside the binding; 409 a final statement"),
+    ("POST", "/v1/statements/finalise-due"): Rule(
+        "schemes:admin", "finalises only the providers it acts for (national, their region, the trust)",
+        "nothing: others are left for their own finalisation"),
     ("GET", "/v1/providers/{provider_code}/periods/{period}"): Rule(READ, "the provider", "403 outside the binding"),
     ("GET", "/v1/funds/{region_code}/periods/{period}"): Rule(READ, "the region (national or region-bound tokens)",
                                                             "403 outside the binding"),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from services.payments import domain, judgement
+from services.payments import domain, judgement, review
 from services.payments.intake import Stored
 from services.payments.reconcile import Answered, Tracked
 from shared.contracts import FeedbackReceived, TransferPosted
@@ -55,6 +55,21 @@ class AppealRecord(NamedTuple):
     diverted_pence: int
     appealed_by: str
     reason: str
+
+
+class ReviewRecord(NamedTuple):
+    """An appeal as a second-level review of it is judged."""
+
+    appeal_id: str
+    episode_id: str
+    status: domain.AppealStatus
+    diverted_pence: int
+    appealed_by: str
+    decided_by: str | None
+    decided_at: datetime | None
+    review_status: domain.ReviewStatus | None
+    review_requested_by: str | None
+    review_request_reason: str | None
 
 
 class NewAppeal(NamedTuple):
@@ -124,6 +139,39 @@ class PaymentsStore(Protocol):
     async def insert_exemption(self, exemption: judgement.Exemption) -> bool:
         """Record the exemption; False if the provider-period has one already."""
 
+    # -- statements (scheme option [review], review.py) -------------------------------------------
+    async def statement_of_unit(self, unit: Unit, period: str) -> review.Statement | None:
+        """The unit's statement, locked to the end of the transaction."""
+
+    async def statement(self, statement_id: str, *, lock: bool) -> review.Statement | None:
+        """A statement, locked to the end of the transaction if ``lock``."""
+
+    async def insert_statement(self, statement: review.Statement, *, created_by: str, report: dict[str, Any]) -> bool:
+        """Record a provisional statement; False if the unit (or the id) has one already."""
+
+    async def add_statement_step(self, statement_id: str, *, step: str, actor: str, reason: str | None, at: datetime,
+                                 episode_id: str | None = None, action: str | None = None) -> bool:
+        """Append a step to the statement's history; False for a second correction of one episode."""
+
+    async def statement_steps(self, statement_id: str) -> list[dict[str, Any]]:
+        """The statement's history in order: step, actor, reason, episode_id, action, at."""
+
+    async def accept_statement(self, statement_id: str, *, by: str, at: datetime) -> None:
+        """Record the trust's acceptance of a provisional statement."""
+
+    async def finalise_statement(self, statement_id: str, *, settlement_id: str, by: str, at: datetime,
+                                 final_report: dict[str, Any]) -> None:
+        """Mark the statement final: the settlement that moved its money, who finalised it, the final report."""
+
+    async def due_statements(self, now: datetime, limit: int) -> list[review.Statement]:
+        """Provisional statements accepted or past their window, oldest window first."""
+
+    async def publish(self, rows: Sequence[Row]) -> None:
+        """Put event rows (not ledger transfers) in the outbox, in order."""
+
+    async def statement_view(self, statement_id: str) -> dict[str, Any] | None:
+        """The statement as the API shows it, with its history, as this transaction sees it."""
+
     # -- appeals ------------------------------------------------------------------------------
     async def appeal_target(self, episode_id: str, *, lock: bool) -> AppealTarget | None:
         """The episode and its settlement, locked to the end of the transaction if ``lock``."""
@@ -140,6 +188,16 @@ class PaymentsStore(Protocol):
 
     async def add_appeal_step(self, appeal_id: str, *, step: str, actor: str, reason: str, at: datetime) -> None:
         """Append a step (appealed, upheld, rejected) to the appeal's history."""
+
+    async def appeal_review(self, episode_id: str, *, lock: bool) -> ReviewRecord | None:
+        """The episode's appeal with its review, locked to the end of the transaction if ``lock``."""
+
+    async def request_review(self, appeal_id: str, *, requested_by: str, reason: str, at: datetime) -> None:
+        """Record that the appellant's side asked for an independent review of a decided appeal."""
+
+    async def decide_review(self, appeal_id: str, *, outcome: domain.AppealOutcome, decided_by: str, reason: str,
+                            at: datetime, transfer_id: str | None) -> None:
+        """Record a requested review's decision."""
 
     async def appeal_view(self, episode_id: str) -> dict[str, Any] | None:
         """The appeal as the API shows it, with its history, as this transaction sees it."""

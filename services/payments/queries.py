@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from services.payments import domain
+from services.payments import domain, review
 from services.payments.schemes import SchemeBook
 
 
@@ -88,7 +88,8 @@ async def episode_view(conn: asyncpg.Connection, episode_id: str, book: SchemeBo
         "at_risk_pence": r["at_risk_pence"],
         "released_pence": r["released_pence"],
         "diverted_pence": r["diverted_pence"],
-        "appealed_back_pence": appeal["diverted_pence"] if appeal and appeal["status"] == "upheld" else 0,
+        "appealed_back_pence": appeal["diverted_pence"] if appeal and "upheld" in (
+            appeal["status"], (appeal["review"] or {}).get("status")) else 0,
         "paid_now_pence": r["amount_pence"] - r["at_risk_pence"],
         "hold_model": r["hold_model"],
         "scheme": {"scheme_id": r["scheme_id"], "version": r["scheme_version"]} if r["scheme_id"] else None,
@@ -135,6 +136,10 @@ async def appeal_view(conn: asyncpg.Connection, episode_id: str) -> dict[str, An
         "decided_at": a["decided_at"],
         "decision_reason": a["decision_reason"],
         "transfer_id": a["transfer_id"],
+        "review": None if a["review_status"] is None else {
+            "status": a["review_status"], "requested_by": a["review_requested_by"], "requested_at": a["review_requested_at"],
+            "reason": a["review_request_reason"], "decided_by": a["review_decided_by"], "decided_at": a["review_decided_at"],
+            "decision_reason": a["review_decision_reason"], "transfer_id": a["review_transfer_id"]},
         "history": [dict(e) for e in events],
     }
 
@@ -162,6 +167,80 @@ async def settlements_by_id(conn: asyncpg.Connection, settlement_ids: list[str])
 
 
 # ---------------------------------------------------------------------------------------------
+# Statements (scheme option [review], review.py)
+# ---------------------------------------------------------------------------------------------
+STATEMENT_COLUMNS = ("statement_id, provider_code, region_code, period, scheme_id, scheme_version, status, created_at,"
+                     " window_closes_at, episode_ids, accepted_by, accepted_at")
+
+
+def statement_of(r: asyncpg.Record) -> review.Statement:
+    return review.Statement(r["statement_id"], r["provider_code"], r["region_code"], r["period"], r["scheme_id"],
+                            r["scheme_version"], r["status"], r["created_at"], r["window_closes_at"], tuple(r["episode_ids"]),
+                            r["accepted_by"], r["accepted_at"])
+
+
+async def statement_provider(conn: asyncpg.Connection, statement_id: str) -> str | None:
+    """The statement's provider (the routes check the token's binding), or None: no such statement."""
+    return await conn.fetchval("SELECT provider_code FROM statements WHERE statement_id = $1", statement_id)
+
+
+async def statement_steps(conn: asyncpg.Connection, statement_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT step, actor, reason, episode_id, action, at FROM statement_events"
+                            " WHERE statement_id = $1 ORDER BY id", statement_id)
+    return [dict(r) for r in rows]
+
+
+def _statement_summary(r: asyncpg.Record) -> dict[str, Any]:
+    report = json.loads(r["final_report"] if r["final_report"] is not None else r["report"])
+    figures = {k: report.get(k) for k in ("episodes", "responses", "billed_pence", "held_pence", "released_pence",
+                                          "diverted_pence", "min_sample_applied", "cap_applied", "exempted", "gate_opened")}
+    return {
+        "statement_id": r["statement_id"], "provider_code": r["provider_code"], "region_code": r["region_code"],
+        "period": r["period"], "scheme": f"{r['scheme_id']}@{r['scheme_version']}", "status": r["status"],
+        "created_by": r["created_by"], "created_at": r["created_at"], "window_closes_at": r["window_closes_at"],
+        "accepted_by": r["accepted_by"], "accepted_at": r["accepted_at"], "finalised_by": r["finalised_by"],
+        "finalised_at": r["finalised_at"], "settlement_id": r["settlement_id"], **figures,
+        "url": f"/v1/statements/{r['statement_id']}",
+    }
+
+
+async def list_statements(conn: asyncpg.Connection, *, period: str | None, provider_code: str | None,
+                          limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT * FROM statements WHERE ($1::text IS NULL OR period = $1) AND ($2::text IS NULL OR provider_code = $2)"
+        " ORDER BY period, provider_code, statement_id LIMIT $3", period, provider_code, limit)
+    return [_statement_summary(r) for r in rows]
+
+
+async def statement_view(conn: asyncpg.Connection, statement_id: str) -> dict[str, Any] | None:
+    """A statement with its provisional report, its final report once final, its corrections and
+    queries, and every step (who, what, why, when)."""
+    r = await conn.fetchrow("SELECT * FROM statements WHERE statement_id = $1", statement_id)
+    if r is None:
+        return None
+    history = await statement_steps(conn, statement_id)
+    return {
+        **_statement_summary(r),
+        "provisional_report": json.loads(r["report"]),
+        "final_report": json.loads(r["final_report"]) if r["final_report"] is not None else None,
+        "corrections": [h for h in history if h["step"] == "correction"],
+        "queries": [h for h in history if h["step"] == "query"],
+        "history": history,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Exemptions
+# ---------------------------------------------------------------------------------------------
+async def exemptions(conn: asyncpg.Connection, period: str | None) -> list[dict[str, Any]]:
+    """Exemptions (of one period, or all), oldest first; the routes keep those the binding sees."""
+    rows = await conn.fetch(
+        "SELECT provider_code, period, reason, exempted_by, exempted_at FROM exemptions"
+        " WHERE ($1::text IS NULL OR period = $1) ORDER BY exempted_at, provider_code, period", period)
+    return [dict(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
 # Figures per period
 # ---------------------------------------------------------------------------------------------
 _FIGURES = """
@@ -173,10 +252,10 @@ SELECT count(*)                                                        AS episod
        coalesce(sum(e.at_risk_pence) FILTER (WHERE e.status = 'held'), 0) AS still_held_pence,
        coalesce(sum(e.released_pence), 0)                              AS released_pence,
        coalesce(sum(e.diverted_pence), 0)                              AS diverted_pence,
-       coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence,
+       coalesce(sum(a.diverted_pence) FILTER (WHERE 'upheld' IN (a.status, a.review_status)), 0) AS appealed_back_pence,
        count(a.appeal_id) FILTER (WHERE a.status = 'open')             AS appeals_open,
-       count(a.appeal_id) FILTER (WHERE a.status = 'upheld')           AS appeals_upheld,
-       count(a.appeal_id) FILTER (WHERE a.status = 'rejected')         AS appeals_rejected,
+       count(a.appeal_id) FILTER (WHERE 'upheld' IN (a.status, a.review_status)) AS appeals_upheld,
+       count(a.appeal_id) FILTER (WHERE a.status = 'rejected' AND a.review_status IS DISTINCT FROM 'upheld') AS appeals_rejected,
        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM answers x WHERE x.episode_id = e.episode_id)) AS responses
   FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id
  WHERE e.period = $1 AND {where}
@@ -208,7 +287,7 @@ async def fund_figures(conn: asyncpg.Connection, region_code: str, period: str) 
     row = await conn.fetchrow(_FIGURES.format(where="e.region_code = $2"), period, region_code)
     by_provider = await conn.fetch(
         "SELECT e.provider_code, coalesce(sum(e.diverted_pence), 0) AS diverted_pence,"
-        " coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence"
+        " coalesce(sum(a.diverted_pence) FILTER (WHERE 'upheld' IN (a.status, a.review_status)), 0) AS appealed_back_pence"
         " FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id"
         " WHERE e.period = $1 AND e.region_code = $2 GROUP BY e.provider_code ORDER BY e.provider_code",
         period, region_code)

@@ -65,10 +65,10 @@ SELECT e.period,
        coalesce(sum(e.released_pence), 0)                                    AS released_pence,
        coalesce(sum(e.diverted_pence), 0)                                    AS diverted_pence,
        coalesce(sum(e.at_risk_pence) FILTER (WHERE e.status = 'held'), 0)    AS still_held_pence,
-       coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence,
+       coalesce(sum(a.diverted_pence) FILTER (WHERE 'upheld' IN (a.status, a.review_status)), 0) AS appealed_back_pence,
        count(a.appeal_id)                                                    AS appeals_lodged,
-       count(a.appeal_id) FILTER (WHERE a.status = 'upheld')                 AS appeals_upheld,
-       count(a.appeal_id) FILTER (WHERE a.status = 'rejected')               AS appeals_rejected
+       count(a.appeal_id) FILTER (WHERE 'upheld' IN (a.status, a.review_status))                 AS appeals_upheld,
+       count(a.appeal_id) FILTER (WHERE a.status = 'rejected' AND a.review_status IS DISTINCT FROM 'upheld') AS appeals_rejected
   FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id
  WHERE e.provider_code = $1 AND e.period = ANY($2::text[])
  GROUP BY e.period
@@ -102,7 +102,7 @@ async def fund_inflows(conn: asyncpg.Connection, region_code: str, periods: Sequ
     upheld appeals sent back, and the net."""
     rows = await conn.fetch(
         "SELECT e.provider_code, coalesce(sum(e.diverted_pence), 0) AS diverted_pence,"
-        " coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence"
+        " coalesce(sum(a.diverted_pence) FILTER (WHERE 'upheld' IN (a.status, a.review_status)), 0) AS appealed_back_pence"
         " FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id"
         " WHERE e.region_code = $1 AND e.period = ANY($2::text[]) GROUP BY 1 ORDER BY 1", region_code, list(periods))
     out = []
@@ -143,7 +143,7 @@ _EPISODES = """
 SELECT e.episode_id, e.payment_id, e.commissioner_code, e.service_type, e.activity_date, e.amount_pence, e.at_risk_pence,
        e.released_pence, e.diverted_pence, (e.decision->>'release_bps')::int AS release_bps, e.decision->>'basis' AS basis,
        e.decision->>'deciding_submission_id' AS deciding_submission_id, x.instrument, x.fft_answer, x.patient_choice,
-       a.status AS appeal_status, CASE WHEN a.status = 'upheld' THEN a.diverted_pence ELSE 0 END AS appealed_back_pence
+       a.status AS appeal_status, CASE WHEN 'upheld' IN (a.status, a.review_status) THEN a.diverted_pence ELSE 0 END AS appealed_back_pence
   FROM episodes e
   LEFT JOIN answers x ON x.submission_id = e.decision->>'deciding_submission_id'
   LEFT JOIN appeals a ON a.episode_id = e.episode_id
@@ -177,7 +177,7 @@ async def commissioner_providers(conn: asyncpg.Connection, commissioner_code: st
         " coalesce(sum(e.amount_pence - e.at_risk_pence), 0) AS paid_now_pence,"
         " coalesce(sum(e.at_risk_pence) FILTER (WHERE e.status = 'held'), 0) AS still_held_pence,"
         " coalesce(sum(e.released_pence), 0) AS released_pence, coalesce(sum(e.diverted_pence), 0) AS diverted_pence,"
-        " coalesce(sum(a.diverted_pence) FILTER (WHERE a.status = 'upheld'), 0) AS appealed_back_pence"
+        " coalesce(sum(a.diverted_pence) FILTER (WHERE 'upheld' IN (a.status, a.review_status)), 0) AS appealed_back_pence"
         " FROM episodes e LEFT JOIN appeals a ON a.episode_id = e.episode_id"
         " WHERE e.period = $1 AND e.commissioner_code = $2 GROUP BY 1 ORDER BY 1", period, commissioner_code)
     out = []

@@ -172,6 +172,18 @@ class Signals(BaseModel):
         return self
 
 
+class Review(BaseModel):
+    """Provisional, then final: settling a unit writes a provisional statement (the report the
+    settlement would produce) and moves no money; within ``correction_window_days`` the trust may
+    query it or accept it, and an authorised reviewer may correct it; it is finalised (the money
+    moves, corrections applied) once the trust accepts or the window has passed. Absent: final at
+    once, as before (``review.py``, README "Judging fairly")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # At least a day to look; at most 90 days (US VBP's exception window) so a month never stays open a quarter.
+    correction_window_days: int = Field(ge=1, le=90, strict=True)
+
+
 class Scheme(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -211,6 +223,7 @@ class Scheme(BaseModel):
     casemix: CaseMix | None = None
     improvement: Improvement | None = None
     signals: Signals = Signals()
+    review: Review | None = None  # absent: each unit's settlement is final at once
 
     @field_validator("effective_to")
     @classmethod

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any
 
-from services.payments import domain, events, judgement, metrics, reconcile
+from services.payments import domain, events, judgement, metrics, reconcile, review
 from services.payments.ports import PaymentsStore, Unit
 from services.payments.schemes import Scheme, SchemeBook
+from shared.contracts import SettlementStatement
+from shared.money import InvariantError
 from shared.uow import Raced, UnitOfWork
 
 
@@ -34,7 +36,7 @@ class RunSettlement:
 
 
 async def run_settlement(uow: UnitOfWork[PaymentsStore], book: SchemeBook, cmd: RunSettlement, *,
-                         today: date) -> list[dict[str, Any]]:
+                         today: date, now: datetime | None = None) -> list[dict[str, Any]]:
     """Settle the period's units, one unit of work each; the new reports, in unit order.
 
     Refuses (``domain.NotYet``) a period whose decision windows are still open on ``today``, and
@@ -52,7 +54,7 @@ async def run_settlement(uow: UnitOfWork[PaymentsStore], book: SchemeBook, cmd: 
         if scheme is None:
             raise domain.InputError("scheme", f"{unit.scheme_id}@{unit.scheme_version} is no longer loaded; cannot settle")
         with metrics.SETTLEMENT_SECONDS.time():
-            summary = await uow.run(lambda tx: settle_unit(tx, unit, scheme, cmd))  # noqa: B023 - awaited at once
+            summary = await uow.run(lambda tx: settle_unit(tx, unit, scheme, cmd, now=now))  # noqa: B023 - awaited at once
         metrics.unit_settled(summary)  # committed: only a new report counts
         if summary:
             reports.append(summary)
@@ -69,28 +71,94 @@ async def load_context(tx: PaymentsStore, period: str, schemes: Iterable[Scheme]
 
 
 async def settle_unit(tx: PaymentsStore, unit: Unit, scheme: Scheme, cmd: RunSettlement,
-                      context: judgement.JudgementContext | None = None) -> dict[str, Any] | None:
-    """Settle one unit in the unit of work's transaction; None when nothing is held any more.
+                      context: judgement.JudgementContext | None = None, *,
+                      now: datetime | None = None) -> dict[str, Any] | None:
+    """Settle one unit in the unit of work's transaction; None when nothing is held any more, or
+    (scheme ``[review]``) when it wrote a provisional statement or its statement is not due yet.
 
     ``context``: the period's ``load_context`` (for ``scheme`` at least); None reads it here when
-    the scheme needs it. The provider-period's exemption is read here, always, under its lock."""
+    the scheme needs it. The provider-period's exemption is read here, always, under its lock.
+
+    Under ``[review]`` the unit's first settlement goes through a statement (``review.py``): the
+    first run writes it, provisional, and moves nothing; a run once it is due (accepted, or its
+    window passed) settles the statement's episodes here, as any unit, with the reviewers'
+    corrections applied, and marks it final. Late episodes (a supplementary settlement) are
+    released in full at once, as without it."""
+    now = now or datetime.now(timezone.utc)
     episodes = await tx.lock_held_episodes(unit, cmd.period)
     if not episodes:
         return None
-    answers = await tx.answers_of([e.episode_id for e in episodes])
     settlement_id, divert = domain.unit_settlement(unit.provider_code, cmd.period, scheme,
                                                    await tx.count_settlements(unit, cmd.period))
+    statement, excluded = None, None
+    if scheme.review is not None and divert:
+        statement = await tx.statement_of_unit(unit, cmd.period)  # locked: serialised with corrections and acceptance
+        if statement is not None and statement.status != "provisional":
+            raise InvariantError(f"statement {statement.statement_id} is final but {settlement_id} is not written")
+        if statement is not None and not review.is_due(statement, now):
+            return None  # provisional, in its window: nothing moves yet
+        if statement is not None:
+            on_it = set(statement.episode_ids)
+            episodes = [e for e in episodes if e.episode_id in on_it]  # a later arrival settles after, as late
+            if not episodes:
+                raise InvariantError(f"statement {statement.statement_id} is provisional but none of its episodes is held")
+            steps = await tx.statement_steps(statement.statement_id)
+            excluded = review.exclusions([review.Correction(h["episode_id"], h["action"], h["reason"], h["actor"], h["at"])
+                                          for h in steps if h["step"] == "correction"])
+    answers = await tx.answers_of([e.episode_id for e in episodes])
     exemption = await tx.exemption_of(unit.provider_code, cmd.period)
     if context is None and divert and judgement.needs_counts(scheme):
         context = await load_context(tx, cmd.period, [scheme])
     report = domain.settle(episodes, answers, scheme, provider_code=unit.provider_code, period=cmd.period, divert=divert,
-                           context=context, exemption=exemption)
+                           context=context, exemption=exemption, excluded=excluded)
+    if scheme.review is not None and divert and statement is None:
+        await _provisional(tx, unit, scheme, cmd, settlement_id, report, now)
+        return None
     if not await tx.insert_settlement(settlement_id, unit, report, cmd.run_by):
         raise Raced(f"settlement {settlement_id} was written by another run meanwhile")
     await tx.mark_settled(settlement_id, report.lines)
     plan = [p for line in report.lines for p in line.plan]
     await tx.request_transfers(reconcile.tracked(plan), events.transfer_rows([(plan, cmd.correlation_id, None)]))
-    return summary(settlement_id, report)
+    done = summary(settlement_id, report)
+    if statement is not None:
+        await tx.finalise_statement(statement.statement_id, settlement_id=settlement_id, by=cmd.run_by, at=now,
+                                    final_report=review.report_document(settlement_id, report, done))
+        await tx.add_statement_step(statement.statement_id, step="finalised", actor=cmd.run_by, at=now,
+                                    reason="accepted by the trust" if statement.accepted_at is not None
+                                    else "the correction window passed")
+        await tx.publish([events.statement_row(_event(statement.statement_id, "final", report, len(excluded or {}),
+                                                      statement.window_closes_at, settlement_id, cmd.run_by, now),
+                                               correlation_id=cmd.correlation_id)])
+        done["statement_id"] = statement.statement_id
+    return done
+
+
+async def _provisional(tx: PaymentsStore, unit: Unit, scheme: Scheme, cmd: RunSettlement, settlement_id: str,
+                       report: domain.SettlementReport, now: datetime) -> None:
+    """Record the unit's provisional statement (the report the settlement would produce) and publish it."""
+    closes = review.window_closes_at(now, scheme)
+    statement = review.Statement(settlement_id, unit.provider_code, report.region_code, cmd.period, unit.scheme_id,
+                                 unit.scheme_version, "provisional", now, closes,
+                                 tuple(line.episode.episode_id for line in report.lines))
+    if not await tx.insert_statement(statement, created_by=cmd.run_by,
+                                     report=review.report_document(settlement_id, report, summary(settlement_id, report))):
+        raise Raced(f"statement {settlement_id} was written by another run meanwhile")
+    await tx.add_statement_step(settlement_id, step="provisional", actor=cmd.run_by, at=now,
+                                reason=f"correction window of {scheme.review.correction_window_days} days"  # type: ignore[union-attr]
+                                       f" closes {closes.isoformat()}")
+    await tx.publish([events.statement_row(_event(settlement_id, "provisional", report, 0, closes, None, cmd.run_by, now),
+                                           correlation_id=cmd.correlation_id)])
+
+
+def _event(statement_id: str, status: str, report: domain.SettlementReport, corrections: int, closes: datetime,
+           settlement_id: str | None, by: str, at: datetime) -> SettlementStatement:
+    return SettlementStatement(
+        statement_id=statement_id, status=status, provider_code=report.provider_code,  # type: ignore[arg-type]
+        region_code=report.region_code, period=report.period, scheme_id=report.scheme_key.split("@")[0],
+        scheme_version=int(report.scheme_key.split("@")[1]), episodes=report.episodes, responses=report.responses,
+        billed_pence=report.billed_pence, held_pence=report.held_pence, released_pence=report.released_pence,
+        diverted_pence=report.diverted_pence, corrections=corrections, window_closes_at=closes, settlement_id=settlement_id,
+        by=by, at=at)
 
 
 def summary(settlement_id: str, report: domain.SettlementReport) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from services.payments import domain, judgement, queries
+from services.payments import domain, judgement, queries, review
 from services.payments.queries import answer_of, episode_of
 from services.payments.intake import Stored
-from services.payments.ports import AppealRecord, AppealTarget, EpisodeRow, NewAppeal, Unit
+from services.payments.ports import AppealRecord, AppealTarget, EpisodeRow, NewAppeal, ReviewRecord, Unit
 from services.payments.reconcile import Answered, Tracked
 from shared.contracts import FeedbackReceived, TransferPosted
 from shared.events import Row
@@ -257,6 +257,62 @@ class PgPaymentsStore:
                 [decision_json(line) for line in part],
             )
 
+    # -- statements (review.py) ---------------------------------------------------------------
+    async def statement_of_unit(self, unit: Unit, period: str) -> review.Statement | None:
+        r = await self.conn.fetchrow(
+            f"SELECT {queries.STATEMENT_COLUMNS} FROM statements WHERE provider_code = $1 AND period = $2 AND scheme_id = $3"
+            " AND scheme_version = $4 FOR UPDATE", unit.provider_code, period, unit.scheme_id, unit.scheme_version)
+        return None if r is None else queries.statement_of(r)
+
+    async def statement(self, statement_id: str, *, lock: bool) -> review.Statement | None:
+        r = await self.conn.fetchrow(f"SELECT {queries.STATEMENT_COLUMNS} FROM statements WHERE statement_id = $1"
+                                     + (" FOR UPDATE" if lock else ""), statement_id)
+        return None if r is None else queries.statement_of(r)
+
+    async def insert_statement(self, statement: review.Statement, *, created_by: str, report: dict[str, Any]) -> bool:
+        s = statement
+        return bool(await self.conn.fetchval(
+            "INSERT INTO statements(statement_id, provider_code, region_code, period, scheme_id, scheme_version, status,"
+            " created_by, created_at, window_closes_at, episode_ids, report)"
+            " VALUES ($1, $2, $3, $4, $5, $6, 'provisional', $7, $8, $9, $10, $11::jsonb) ON CONFLICT DO NOTHING RETURNING 1",
+            s.statement_id, s.provider_code, s.region_code, s.period, s.scheme_id, s.scheme_version, created_by, s.created_at,
+            s.window_closes_at, list(s.episode_ids), json.dumps(report, default=str)))
+
+    async def add_statement_step(self, statement_id: str, *, step: str, actor: str, reason: str | None, at: datetime,
+                                 episode_id: str | None = None, action: str | None = None) -> bool:
+        return bool(await self.conn.fetchval(
+            "INSERT INTO statement_events(statement_id, step, actor, reason, episode_id, action, at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1",
+            statement_id, step, actor, reason, episode_id, action, at))
+
+    async def statement_steps(self, statement_id: str) -> list[dict[str, Any]]:
+        return await queries.statement_steps(self.conn, statement_id)
+
+    async def accept_statement(self, statement_id: str, *, by: str, at: datetime) -> None:
+        await self.conn.execute("UPDATE statements SET accepted_by = $2, accepted_at = $3 WHERE statement_id = $1"
+                                " AND status = 'provisional'", statement_id, by, at)
+
+    async def finalise_statement(self, statement_id: str, *, settlement_id: str, by: str, at: datetime,
+                                 final_report: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "UPDATE statements SET status = 'final', settlement_id = $2, finalised_by = $3, finalised_at = $4,"
+            " final_report = $5::jsonb WHERE statement_id = $1 AND status = 'provisional'",
+            statement_id, settlement_id, by, at, json.dumps(final_report, default=str))
+
+    async def due_statements(self, now: datetime, limit: int) -> list[review.Statement]:
+        rows = await self.conn.fetch(
+            f"SELECT {queries.STATEMENT_COLUMNS} FROM statements WHERE status = 'provisional'"
+            " AND (accepted_at IS NOT NULL OR window_closes_at <= $1) ORDER BY window_closes_at, statement_id LIMIT $2",
+            now, limit)
+        return [queries.statement_of(r) for r in rows]
+
+    async def publish(self, rows: Sequence[Row]) -> None:
+        for part in slices(rows):
+            await enqueue(self.conn, part)
+
+    async def statement_view(self, statement_id: str) -> dict[str, Any] | None:
+        return await queries.statement_view(self.conn, statement_id)
+
     # -- appeals ------------------------------------------------------------------------------
     async def appeal_target(self, episode_id: str, *, lock: bool) -> AppealTarget | None:
         r = await self.conn.fetchrow(
@@ -294,6 +350,25 @@ class PgPaymentsStore:
     async def add_appeal_step(self, appeal_id: str, *, step: str, actor: str, reason: str, at: datetime) -> None:
         await self.conn.execute("INSERT INTO appeal_events(appeal_id, step, actor, reason, at) VALUES ($1,$2,$3,$4,$5)",
                                 appeal_id, step, actor, reason, at)
+
+    async def appeal_review(self, episode_id: str, *, lock: bool) -> ReviewRecord | None:
+        a = await self.conn.fetchrow(
+            "SELECT appeal_id, episode_id, status, diverted_pence, appealed_by, decided_by, decided_at, review_status,"
+            " review_requested_by, review_request_reason FROM appeals WHERE episode_id = $1"
+            + (" FOR UPDATE" if lock else ""), episode_id)
+        return ReviewRecord(*a) if a is not None else None
+
+    async def request_review(self, appeal_id: str, *, requested_by: str, reason: str, at: datetime) -> None:
+        await self.conn.execute(
+            "UPDATE appeals SET review_status = 'requested', review_requested_by = $2, review_requested_at = $3,"
+            " review_request_reason = $4 WHERE appeal_id = $1 AND review_status IS NULL", appeal_id, requested_by, at, reason)
+
+    async def decide_review(self, appeal_id: str, *, outcome: domain.AppealOutcome, decided_by: str, reason: str,
+                            at: datetime, transfer_id: str | None) -> None:
+        await self.conn.execute(
+            "UPDATE appeals SET review_status = $2, review_decided_by = $3, review_decided_at = $4, review_decision_reason = $5,"
+            " review_transfer_id = $6 WHERE appeal_id = $1 AND review_status = 'requested'",
+            appeal_id, outcome, decided_by, at, reason, transfer_id)
 
     async def appeal_view(self, episode_id: str) -> dict[str, Any] | None:
         return await queries.appeal_view(self.conn, episode_id)

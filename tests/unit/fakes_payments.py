@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from services.payments import domain, judgement
+from services.payments import domain, judgement, review
 from services.payments.handlers import PaymentsHandlers
 from services.payments.intake import Stored
-from services.payments.ports import AppealRecord, AppealTarget, EpisodeRow, NewAppeal, Unit
+from services.payments.ports import AppealRecord, AppealTarget, EpisodeRow, NewAppeal, ReviewRecord, Unit
 from services.payments.reconcile import Answered, Tracked
 from services.payments.schemes import SchemeBook
 from shared.contracts import FeedbackReceived, TransferPosted
@@ -49,6 +49,8 @@ class State:
     appeals: dict[str, dict[str, Any]] = field(default_factory=dict)  # by episode id
     appeal_steps: list[dict[str, Any]] = field(default_factory=list)
     exemptions: dict[tuple[str, str], judgement.Exemption] = field(default_factory=dict)  # by (provider, period)
+    statements: dict[str, dict[str, Any]] = field(default_factory=dict)  # by statement id: the row, as stored
+    statement_steps: list[dict[str, Any]] = field(default_factory=list)
 
     def by_payment(self, payment_id: str) -> EpisodeRecord | None:
         return next((r for r in self.episodes.values() if r.row.episode.payment_id == payment_id), None)
@@ -203,6 +205,76 @@ class FakePaymentsStore:
             r.released_pence, r.diverted_pence = line.released_pence, line.diverted_pence
             r.decision = {**vars(line.decision), "steps": list(line.steps), "transfer_ids": [p.transfer_id for p in line.plan]}
 
+    # -- statements -------------------------------------------------------------------------
+    @staticmethod
+    def _st(row: dict[str, Any]) -> review.Statement:
+        return review.Statement(**{k: row[k] for k in review.Statement.__dataclass_fields__})
+
+    async def statement_of_unit(self, unit: Unit, period: str) -> review.Statement | None:
+        self._call("statement_of_unit")
+        row = next((r for r in self.s.statements.values()
+                    if (r["provider_code"], r["scheme_id"], r["scheme_version"]) == unit and r["period"] == period), None)
+        return None if row is None else self._st(row)
+
+    async def statement(self, statement_id: str, *, lock: bool) -> review.Statement | None:
+        self._call("statement")
+        row = self.s.statements.get(statement_id)
+        return None if row is None else self._st(row)
+
+    async def insert_statement(self, statement: review.Statement, *, created_by: str, report: dict[str, Any]) -> bool:
+        self._call("insert_statement")
+        self._rival("insert_statement")
+        if statement.statement_id in self.s.statements:
+            return False
+        self.s.statements[statement.statement_id] = {**vars(statement), "created_by": created_by, "report": report,
+                                                     "finalised_by": None, "finalised_at": None, "settlement_id": None,
+                                                     "final_report": None}
+        return True
+
+    async def add_statement_step(self, statement_id: str, *, step: str, actor: str, reason: str | None, at: datetime,
+                                 episode_id: str | None = None, action: str | None = None) -> bool:
+        self._call("add_statement_step")
+        if step == "correction" and any(h["statement_id"] == statement_id and h["step"] == "correction"
+                                        and h["episode_id"] == episode_id for h in self.s.statement_steps):
+            return False
+        self.s.statement_steps.append({"statement_id": statement_id, "step": step, "actor": actor, "reason": reason,
+                                       "episode_id": episode_id, "action": action, "at": at})
+        return True
+
+    async def statement_steps(self, statement_id: str) -> list[dict[str, Any]]:
+        self._call("statement_steps")
+        return [{k: v for k, v in h.items() if k != "statement_id"} for h in self.s.statement_steps
+                if h["statement_id"] == statement_id]
+
+    async def accept_statement(self, statement_id: str, *, by: str, at: datetime) -> None:
+        self._call("accept_statement")
+        self.s.statements[statement_id].update(accepted_by=by, accepted_at=at)
+
+    async def finalise_statement(self, statement_id: str, *, settlement_id: str, by: str, at: datetime,
+                                 final_report: dict[str, Any]) -> None:
+        self._call("finalise_statement")
+        row = self.s.statements[statement_id]
+        assert row["status"] == "provisional" and settlement_id in self.s.settlements  # the real table's checks
+        row.update(status="final", settlement_id=settlement_id, finalised_by=by, finalised_at=at, final_report=final_report)
+
+    async def due_statements(self, now: datetime, limit: int) -> list[review.Statement]:
+        self._call("due_statements")
+        due = [self._st(r) for r in self.s.statements.values()
+               if r["status"] == "provisional" and (r["accepted_at"] is not None or r["window_closes_at"] <= now)]
+        return sorted(due, key=lambda st: (st.window_closes_at, st.statement_id))[:limit]
+
+    async def publish(self, rows: Sequence[Row]) -> None:
+        self._call("publish")
+        self.s.outbox.extend(rows)
+
+    async def statement_view(self, statement_id: str) -> dict[str, Any] | None:
+        row = self.s.statements.get(statement_id)
+        if row is None:
+            return None
+        history = await self.statement_steps(statement_id)
+        return {**row, "corrections": [h for h in history if h["step"] == "correction"],
+                "queries": [h for h in history if h["step"] == "query"], "history": history}
+
     # -- appeals ------------------------------------------------------------------------------
     async def appeal_target(self, episode_id: str, *, lock: bool) -> AppealTarget | None:
         self._call("appeal_target")
@@ -230,7 +302,9 @@ class FakePaymentsStore:
             "provider_code": e.provider_code, "region_code": e.region_code, "period": e.period,
             "diverted_pence": appeal.diverted_pence, "status": "open", "reason": appeal.reason,
             "appealed_by": appeal.appealed_by, "appealed_at": appeal.appealed_at, "deadline": appeal.deadline,
-            "decided_by": None, "decided_at": None, "decision_reason": None, "transfer_id": None}
+            "decided_by": None, "decided_at": None, "decision_reason": None, "transfer_id": None,
+            "review_status": None, "review_requested_by": None, "review_requested_at": None, "review_request_reason": None,
+            "review_decided_by": None, "review_decided_at": None, "review_decision_reason": None, "review_transfer_id": None}
         return True
 
     async def decide_appeal(self, appeal_id: str, *, outcome: domain.AppealOutcome, decided_by: str, reason: str,
@@ -243,13 +317,40 @@ class FakePaymentsStore:
         self._call("add_appeal_step")
         self.s.appeal_steps.append({"appeal_id": appeal_id, "step": step, "actor": actor, "reason": reason, "at": at})
 
+    async def appeal_review(self, episode_id: str, *, lock: bool) -> ReviewRecord | None:
+        self._call("appeal_review")
+        a = self.s.appeals.get(episode_id)
+        if a is None:
+            return None
+        return ReviewRecord(a["appeal_id"], episode_id, a["status"], a["diverted_pence"], a["appealed_by"], a["decided_by"],
+                            a["decided_at"], a["review_status"], a["review_requested_by"], a["review_request_reason"])
+
+    async def request_review(self, appeal_id: str, *, requested_by: str, reason: str, at: datetime) -> None:
+        self._call("request_review")
+        a = next(a for a in self.s.appeals.values() if a["appeal_id"] == appeal_id)
+        assert a["status"] == "rejected" and a["review_status"] is None  # the real table's checks
+        a.update(review_status="requested", review_requested_by=requested_by, review_requested_at=at,
+                 review_request_reason=reason)
+
+    async def decide_review(self, appeal_id: str, *, outcome: domain.AppealOutcome, decided_by: str, reason: str,
+                            at: datetime, transfer_id: str | None) -> None:
+        self._call("decide_review")
+        a = next(a for a in self.s.appeals.values() if a["appeal_id"] == appeal_id)
+        assert decided_by not in (a["appealed_by"], a["decided_by"], a["review_requested_by"])  # the real table's check
+        a.update(review_status=outcome, review_decided_by=decided_by, review_decided_at=at, review_decision_reason=reason,
+                 review_transfer_id=transfer_id)
+
     async def appeal_view(self, episode_id: str) -> dict[str, Any] | None:
         a = self.s.appeals.get(episode_id)
         if a is None:
             return None
         history = [{k: s[k] for k in ("step", "actor", "reason", "at")} for s in self.s.appeal_steps
                    if s["appeal_id"] == a["appeal_id"]]
-        return {**a, "history": history}
+        review = None if a["review_status"] is None else {
+            "status": a["review_status"], "requested_by": a["review_requested_by"], "requested_at": a["review_requested_at"],
+            "reason": a["review_request_reason"], "decided_by": a["review_decided_by"], "decided_at": a["review_decided_at"],
+            "decision_reason": a["review_decision_reason"], "transfer_id": a["review_transfer_id"]}
+        return {**{k: v for k, v in a.items() if not k.startswith("review_")}, "review": review, "history": history}
 
 
 class FakePayments:
