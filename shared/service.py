@@ -49,7 +49,6 @@ EVENTS_HANDLED = Counter("events_handled_total", "Events a consumer handled succ
 # A consumer that has not polled the broker for this long is not ready: its loop died or a batch
 # has been stuck that long (a batch takes well under a second; the poll interval is 20 ms).
 READY_POLL_STALE_S = 60.0
-BATCH_RACE_RETRIES = 3  # a batch that keeps meeting concurrent inserts of its ids falls back to one by one
 T = TypeVar("T")
 
 
@@ -277,39 +276,6 @@ class Runtime:
         try:
             with timer.time() if timer is not None else contextlib.nullcontext():
                 return await handle()
-        except TRANSIENT_ERRORS as exc:
-            await self.batch_failed_transiently(records, exc)
-            raise
-        except InvariantError:
-            log.critical("a money invariant broke in a %s: not acknowledged, not dead-lettered", what)
-            raise
-        except Exception as exc:  # neither the input nor the infrastructure: find the record, one by one
-            first = records[0]
-            log.warning("%s of %d from %s[%d]@%d failed (%s); handling it one record at a time", what, len(records),
-                        first.topic, first.partition, first.offset, describe_error(exc))
-        return None
-
-    async def write_batch(self, records: Sequence[Any], write: Callable[[asyncpg.Connection], Awaitable[T]], *,
-                          raced: type[Exception] | tuple[type[Exception], ...] = (), timer: Any = None,
-                          what: str = "batch") -> T | None:
-        """Run ``write(conn)`` for a consumer batch in ONE transaction; its result once committed.
-
-        None means the batch was rolled back and the caller handles it one record per transaction
-        (so a failing record is retried, then dead-lettered, while the others go through): it kept
-        meeting concurrent inserts of its ids (``raced``, run again up to ``BATCH_RACE_RETRIES``
-        times, each pass seeing the other writer's rows) or failed for a reason that is neither its
-        input nor the infrastructure. An outage backs off and raises, so the batch comes again.
-        """
-        try:
-            for _ in range(BATCH_RACE_RETRIES):
-                try:
-                    with timer.time() if timer is not None else contextlib.nullcontext():
-                        async with self.pool.acquire() as conn:
-                            async with conn.transaction():
-                                return await write(conn)
-                except raced as exc:
-                    log.info("%s met a concurrent insert (%s); running it again", what, exc)
-            log.warning("%s kept meeting concurrent inserts; handling it one record at a time", what)
         except TRANSIENT_ERRORS as exc:
             await self.batch_failed_transiently(records, exc)
             raise

@@ -360,14 +360,8 @@ class PaymentsHandlers:
                 return AppealResult(await tx.appeal_view(cmd.episode_id) or {}, False)
             transfer_id = None
             if cmd.outcome == "upheld":
-                target = await tx.appeal_target(cmd.episode_id, lock=False)
-                if target is None:
-                    raise InvariantError("an appeal's episode exists (a foreign key)")
-                transfer = domain.appeal_transfer(target.episode, diverted_pence=a.diverted_pence, appeal_id=a.appeal_id)
-                await tx.request_transfers([reconcile.tracked_request(transfer, cmd.episode_id)],
-                                           [events.request_row(transfer, correlation_id=cmd.correlation_id,
-                                                               causation_id=a.appeal_id)])
-                transfer_id = transfer.transfer_id
+                transfer_id = await _request_money_back(tx, cmd.episode_id, domain.appeal_transfer, a.diverted_pence,
+                                                        a.appeal_id, cmd.correlation_id)
             await tx.decide_appeal(a.appeal_id, outcome=cmd.outcome, decided_by=cmd.decided_by, reason=cmd.reason, at=now,
                                    transfer_id=transfer_id)
             await tx.add_appeal_step(a.appeal_id, step=cmd.outcome, actor=cmd.decided_by, reason=cmd.reason, at=now)
@@ -424,14 +418,8 @@ class PaymentsHandlers:
                 raise InvariantError("only a rejected appeal is reviewed (review_request_refusal, a database constraint)")
             transfer_id = None
             if cmd.outcome == "upheld":
-                target = await tx.appeal_target(cmd.episode_id, lock=False)
-                if target is None:
-                    raise InvariantError("an appeal's episode exists (a foreign key)")
-                transfer = domain.review_transfer(target.episode, diverted_pence=a.diverted_pence, appeal_id=a.appeal_id)
-                await tx.request_transfers([reconcile.tracked_request(transfer, cmd.episode_id)],
-                                           [events.request_row(transfer, correlation_id=cmd.correlation_id,
-                                                               causation_id=a.appeal_id)])
-                transfer_id = transfer.transfer_id
+                transfer_id = await _request_money_back(tx, cmd.episode_id, domain.review_transfer, a.diverted_pence,
+                                                        a.appeal_id, cmd.correlation_id)
             await tx.decide_review(a.appeal_id, outcome=cmd.outcome, decided_by=cmd.decided_by, reason=cmd.reason, at=now,
                                    transfer_id=transfer_id)
             await tx.add_appeal_step(a.appeal_id, step=f"review_{cmd.outcome}", actor=cmd.decided_by, reason=cmd.reason, at=now)
@@ -475,6 +463,20 @@ class PaymentsHandlers:
             return exemption, True
 
         return await self.uow.run(work)
+
+
+async def _request_money_back(tx: PaymentsStore, episode_id: str, build: Callable[..., Any], diverted_pence: int,
+                              appeal_id: str, correlation_id: str) -> str:
+    """An upheld appeal or review: ask the ledger to move the episode's diverted money fund -> provider
+    (``build`` is ``domain.appeal_transfer`` or ``domain.review_transfer``: distinct transfer ids), tracked for
+    reconciliation, in the caller's transaction. Returns the transfer id."""
+    target = await tx.appeal_target(episode_id, lock=False)
+    if target is None:
+        raise InvariantError("an appeal's episode exists (a foreign key)")
+    transfer = build(target.episode, diverted_pence=diverted_pence, appeal_id=appeal_id)
+    await tx.request_transfers([reconcile.tracked_request(transfer, episode_id)],
+                               [events.request_row(transfer, correlation_id=correlation_id, causation_id=appeal_id)])
+    return transfer.transfer_id
 
 
 async def _record_answers(tx: PaymentsStore, answers: Sequence[FeedbackReceived]) -> list[bool]:
