@@ -586,15 +586,23 @@ def settle(
                 report.credit_pence = judgement.credit_pence(target, verdict.credit_bps)
                 steps_common.append(f"improvement credit: {verdict.credit_bps} bps of {target}p = {report.credit_pence}p"
                                     " released instead of diverted")
-                target -= report.credit_pence
         if target == total_uncapped:
             diverted = uncapped
         elif target == 0:
             diverted = [0] * len(mine)
         else:
             diverted = split_largest_remainder(target, uncapped)
-            if verdict.casemix_factor < 1 or verdict.credit_bps:
+            if verdict.casemix_factor < 1:
                 steps_common.append(f"{target}p diverted in all, shared in proportion to each episode's uncapped diversion")
+        if report.credit_pence:
+            # The credit is taken back from the diversions just shared, in proportion to them, and
+            # not by sharing the smaller total afresh: the largest remainder method is not monotone
+            # in its total (a smaller total can give one episode a penny more), and no episode may
+            # divert more because its provider improved.
+            back = split_largest_remainder(report.credit_pence, diverted)
+            diverted = [d - b for d, b in zip(diverted, back)]
+            steps_common.append(f"{target - report.credit_pence}p diverted in all: the credit taken back in proportion"
+                                " to each episode's diversion")
     report.judgement_steps = tuple(steps_common)
     for e, d, u, dv in zip(mine, decisions, uncapped, diverted):
         check(0 <= dv <= u <= e.at_risk_pence, "diversion within at-risk amount")
