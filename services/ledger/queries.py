@@ -131,13 +131,19 @@ async def statement(conn: asyncpg.Connection, account_id: str, *, from_: datetim
         account_id, lo,
     )
     start_t, start_seq = after if after else (lo, -1)
+    # The page of legs first (an ordered index-only scan that stops at the page's end), then only
+    # those legs' entries. Written as one join, the planner joined every leg in the window to its
+    # entry (a random heap read each, cold on a big journal) and sorted afterwards: 518 entry reads
+    # for a 100-line page in the benchmark's 30-day window, 137 ms p99 at 100M legs.
     rows = await conn.fetch(
-        "SELECT l.entry_seq, l.posted_at, l.amount_pence, l.pending_pence, l.balance_after_pence,"
-        " l.pending_debits_after_pence, l.pending_credits_after_pence, e.transfer_id, e.kind,"
-        " (e.request::jsonb)->'cause' AS cause"
-        " FROM legs l JOIN entries e ON e.seq = l.entry_seq AND e.posted_at = l.posted_at"
-        " WHERE l.account_id = $1 AND (l.posted_at, l.entry_seq) > ($2, $3) AND l.posted_at >= $4 AND l.posted_at < $5"
-        " ORDER BY l.posted_at, l.entry_seq LIMIT $6",
+        "WITH page AS MATERIALIZED ("
+        "  SELECT l.entry_seq, l.posted_at, l.amount_pence, l.pending_pence, l.balance_after_pence,"
+        "  l.pending_debits_after_pence, l.pending_credits_after_pence FROM legs l"
+        "  WHERE l.account_id = $1 AND (l.posted_at, l.entry_seq) > ($2, $3) AND l.posted_at >= $4 AND l.posted_at < $5"
+        "  ORDER BY l.posted_at, l.entry_seq LIMIT $6)"
+        " SELECT p.*, e.transfer_id, e.kind, (e.request::jsonb)->'cause' AS cause"
+        " FROM page p JOIN entries e ON e.seq = p.entry_seq AND e.posted_at = p.posted_at"
+        " ORDER BY p.posted_at, p.entry_seq",
         account_id, start_t, start_seq, lo, hi, limit + 1,
     )
     more = len(rows) > limit
