@@ -355,7 +355,7 @@ class Stack:
         portal_port = self._port("portal", 1)
         self.portal = ServiceProcess("portal", portal_port, {
             **base_env, "PYTHONPATH": str(ROOT), "PORTAL_MODE": "development", "PORTAL_HTTP_PORT": str(portal_port),
-            **{f"PORTAL_{n.upper()}_BASE_URL": self.services[n].url for n in ("feedback", "payments", "ledger")},
+            **{f"PORTAL_{n.upper()}_BASE_URL": self.services[n].url for n in ("feedback", "payments", "ledger", "funds")},
             **self.extra_env.get("portal", {})}, self.work_dir / "portal.log")
         # Start them all at once (each service creates the topics it needs idempotently), then wait.
         for svc in (*self.services.values(), self.portal):

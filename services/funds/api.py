@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -201,6 +201,24 @@ class ProjectLine(BaseModel):
 class FundReport(BaseModel):
     fund: FundView
     projects: list[ProjectLine]
+    next_cursor: str | None
+
+
+class PublishedGrant(BaseModel):
+    """A grant as the public sees it: who proposed and approved it are staff, not published."""
+    grant_id: str
+    title: str
+    status: GrantStatus
+    providers: list[str]
+    amount_pence: int
+    paid_pence: int
+    measure_kind: str
+    measure_status: str
+
+
+class PublishedGrants(BaseModel):
+    region_code: str
+    grants: list[PublishedGrant]
     next_cursor: str | None
 
 
@@ -476,10 +494,11 @@ async def get_fund(request: Request, region_code: Annotated[RegionCode, Path()])
     return await _fund(request, region_code)
 
 
-async def _project_lines(request: Request, region_code: str, after: str | None, limit: int) -> tuple[list[ProjectLine], str | None]:
+async def _project_lines(request: Request, region_code: str, after: str | None, limit: int,
+                         statuses: Sequence[str] | None = None) -> tuple[list[ProjectLine], str | None]:
     thresholds, today = _thresholds(request), _today()
     async with _rt(request).pool.acquire() as conn:
-        ids = await queries.grant_ids(conn, queries.Scope(None), region_code=region_code, status=None, after=after,
+        ids = await queries.grant_ids(conn, queries.Scope(None), region_code=region_code, status=statuses, after=after,
                                       limit=limit + 1)
         page = await queries.grants(conn, ids[:limit])
         lines = []
@@ -503,6 +522,28 @@ async def fund_report(request: Request, region_code: Annotated[RegionCode, Path(
     fund = await _fund(request, region_code)
     lines, nxt = await _project_lines(request, region_code, cursor, limit)
     return FundReport(fund=fund, projects=lines, next_cursor=nxt)
+
+
+# Approved grants only: a proposal is not public until a second person has approved it, and a
+# refused or withdrawn one never was a commitment of public money.
+PUBLISHED_STATUSES = ("reserving", "reserved", "completed", "cancelled")
+
+
+@router.get("/publication/funds/{region_code}/grants", response_model=PublishedGrants, tags=["publication"],
+            summary="The region's approved improvement grants for the public pages: money and measured status, no names")
+async def published_grants(request: Request, region_code: Annotated[RegionCode, Path()],
+                           cursor: Annotated[GrantId | None, Query()] = None,
+                           limit: Annotated[int, Query(ge=1, le=200)] = 100) -> PublishedGrants:
+    if region_code not in _rt(request).reference.regions:
+        raise Problem(404, "Not found", f"{region_code} is not a known region",
+                      errors=[{"field": "region_code", "message": "unknown region"}])
+    reach = _reach(request)
+    reach.require(reach.sees_region(region_code), "region_code", f"region {region_code}")
+    lines, nxt = await _project_lines(request, region_code, cursor, limit, PUBLISHED_STATUSES)
+    return PublishedGrants(region_code=region_code, grants=[
+        PublishedGrant(grant_id=p.grant_id, title=p.title, status=p.status, providers=p.providers, amount_pence=p.amount_pence,
+                       paid_pence=p.paid_pence, measure_kind=p.measure_kind, measure_status=p.measure_status)
+        for p in lines], next_cursor=nxt)
 
 
 REPORT_COLUMNS = ["grant_id", "title", "status", "providers", "amount_pence", "awaiting_ledger_pence", "committed_pence",

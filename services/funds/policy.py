@@ -25,6 +25,8 @@ POLICY = {
     ("POST", "/v1/grants/{grant_id}/cancel"): Rule(MANAGE, _ACTS, "404 outside the binding; 409 a refused or completed grant"),
     ("GET", "/v1/grants/{grant_id}/assessment"): Rule(READ, _SEES, "404, as for no such grant"),
     ("GET", "/v1/grants/{grant_id}/assessment.csv"): Rule(READ, _SEES, "404, as for no such grant"),
+    ("GET", "/v1/publication/funds/{region_code}/grants"): Rule(
+        "reports:read", "the region (national or region-bound tokens)", "403 outside the binding; 404 an unknown region"),
     ("GET", "/v1/funds/{region_code}"): Rule(READ, "the region (national or region-bound)",
                                              "403 outside the binding; 503 while the ledger does not answer"),
     ("GET", "/v1/funds/{region_code}/report"): Rule(READ, "the region (national or region-bound)",

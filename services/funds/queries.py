@@ -30,12 +30,13 @@ class Scope:
 _VISIBLE = "($1::text[] IS NULL OR region_code = ANY($1::text[]) OR providers && $2::text[])"
 
 
-async def grant_ids(conn: asyncpg.Connection, scope: Scope, *, region_code: str | None, status: str | None,
+async def grant_ids(conn: asyncpg.Connection, scope: Scope, *, region_code: str | None, status: str | Sequence[str] | None,
                     after: str | None, limit: int) -> list[str]:
+    statuses = None if status is None else [status] if isinstance(status, str) else list(status)
     rows = await conn.fetch(
         f"SELECT grant_id FROM grants WHERE {_VISIBLE} AND ($3::text IS NULL OR region_code = $3)"
-        " AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR grant_id > $5) ORDER BY grant_id LIMIT $6",
-        None if scope.regions is None else list(scope.regions), list(scope.providers), region_code, status, after, limit)
+        " AND ($4::text[] IS NULL OR status = ANY($4::text[])) AND ($5::text IS NULL OR grant_id > $5) ORDER BY grant_id LIMIT $6",
+        None if scope.regions is None else list(scope.regions), list(scope.providers), region_code, statuses, after, limit)
     return [r["grant_id"] for r in rows]
 
 

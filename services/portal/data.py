@@ -312,11 +312,18 @@ def provider_page(ods: str, ref: ReferenceData, series: Mapping[str, Any], money
 # ---------------------------------------------------------------------------------------------
 # Region page
 # ---------------------------------------------------------------------------------------------
-def region_page(code: str, ref: ReferenceData, history: Mapping[str, Any], inflows: Mapping[str, Any]) -> views.RegionPage:
+def region_page(code: str, ref: ReferenceData, history: Mapping[str, Any], inflows: Mapping[str, Any],
+                grants: Mapping[str, Any] | None = None) -> views.RegionPage:
+    """``grants``: the funds service's published grants, None when it did not answer."""
     balances = tuple(views.BalancePoint(p["period"], int(p["closing_balance_pence"])) for p in history.get("points", []))
     rows = tuple(views.InflowRow(r["provider_code"], name_of(ref, r["provider_code"]), int(r["diverted_pence"]),
                                  int(r["appealed_back_pence"])) for r in inflows.get("providers", []))
-    return views.RegionPage(code, ref.regions[code], balances, rows, inflows["from"], inflows["to"])
+    grant_rows = None if grants is None else tuple(
+        views.GrantRow(g["grant_id"], g["title"], tuple((p, name_of(ref, p)) for p in g["providers"]), g["status"],
+                       int(g["amount_pence"]), int(g["paid_pence"]), g["measure_status"])
+        for g in grants.get("grants", []))
+    return views.RegionPage(code, ref.regions[code], balances, rows, inflows["from"], inflows["to"], grant_rows,
+                            more_grants=bool(grants and grants.get("next_cursor")))
 
 
 # ---------------------------------------------------------------------------------------------

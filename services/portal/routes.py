@@ -8,6 +8,7 @@ finance team asking for another region's ledger gets the services' 403 as a port
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
@@ -34,7 +35,9 @@ CURSOR = r"^[A-Za-z0-9_\-=.:@]{1,400}$"
 MAX_PUBLICATION_PAGES = 20  # x 1,000 providers a page: far more trusts and sites than England has
 SERIES_MONTHS = 24
 SERIES_WEEKS = 52
+log = logging.getLogger(__name__)
 MONEY_MONTHS = 12
+GRANTS_SHOWN = 100  # a region's approved grants on its page (the funds service's report has them all)
 LEDGER_PAGE = 100
 EPISODES_PAGE = 100
 
@@ -216,7 +219,12 @@ async def region(request: Request, code: Annotated[str, Path(pattern=REGION)]) -
     history = await public(request, "ledger", f"/v1/publication/funds/{code}/balance-history", interval="month",
                            **{"from": f"{first}-01", "to": today.isoformat()})
     inflows = await public(request, "payments", f"/v1/publication/funds/{code}/inflows", **{"from": first, "to": last})
-    page = data.region_page(code, ref, history, inflows)
+    try:  # the grants are the page's last section: the fund's money shows even while the funds service is down
+        grants = await public(request, "funds", f"/v1/publication/funds/{code}/grants", limit=GRANTS_SHOWN)
+    except UpstreamError as exc:
+        log.warning("region page %s without grants: %s", code, exc)
+        grants = None
+    page = data.region_page(code, ref, history, inflows, grants)
     return render_page(request, "region.html", page=page, layout=layout(request))
 
 

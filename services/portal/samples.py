@@ -127,7 +127,13 @@ def region_page() -> views.RegionPage:
         views.InflowRow("RF6", "Highmoor Teaching Hospitals NHS Trust (sample)", 339_950, 12_500),
         views.InflowRow("RE5", "Southport Bay Hospitals NHS Trust (sample)", 0, 0),
     )
-    return views.RegionPage("Y62", "North West", balances, inflows, "2025-07", "2025-12")
+    grants = (
+        views.GrantRow("nw-discharge-2025", "Better discharge on the surgical wards (sample)",
+                       (("RF6", "Highmoor Teaching Hospitals NHS Trust (sample)"),), "reserved", 120_000, 40_000, "improving"),
+        views.GrantRow("nw-maternity-2025", "Maternity discharge information (sample)",
+                       (("RE5", "Southport Bay Hospitals NHS Trust (sample)"),), "completed", 60_000, 60_000, "no_change"),
+    )
+    return views.RegionPage("Y62", "North West", balances, inflows, "2025-07", "2025-12", grants)
 
 
 def trust_statements_page() -> views.TrustStatementsPage:

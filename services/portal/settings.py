@@ -25,6 +25,7 @@ class PortalSettings(BaseSettings):
     feedback_base_url: str = "http://127.0.0.1:8001"
     payments_base_url: str = "http://127.0.0.1:8002"
     ledger_base_url: str = "http://127.0.0.1:8003"
+    funds_base_url: str = "http://127.0.0.1:8005"  # the region pages' grants (optional: pages say when it is down)
     # A file holding the portal's own bearer token (scope reports:read), mounted as a secret;
     # read when the public pages call the APIs, never logged. None: the public pages cannot load
     # data, and /health/ready says so outside development.
@@ -37,7 +38,7 @@ class PortalSettings(BaseSettings):
     upstream_max_connections: int = Field(default=20, ge=1, le=200)
     log_level: str = "INFO"
 
-    @field_validator("feedback_base_url", "payments_base_url", "ledger_base_url")
+    @field_validator("feedback_base_url", "payments_base_url", "ledger_base_url", "funds_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value):

@@ -158,6 +158,7 @@ class Upstreams:
     feedback: Upstream
     payments: Upstream
     ledger: Upstream
+    funds: Upstream
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Upstreams":
@@ -165,12 +166,13 @@ class Upstreams:
         n = settings.upstream_max_connections
         return cls(Upstream("feedback", settings.feedback_base_url, timeout_s, n),
                    Upstream("payments", settings.payments_base_url, timeout_s, n),
-                   Upstream("ledger", settings.ledger_base_url, timeout_s, n))
+                   Upstream("ledger", settings.ledger_base_url, timeout_s, n),
+                   Upstream("funds", settings.funds_base_url, timeout_s, n))
 
     async def start(self) -> None:
-        for u in (self.feedback, self.payments, self.ledger):
+        for u in (self.feedback, self.payments, self.ledger, self.funds):
             await u.start()
 
     async def close(self) -> None:
-        for u in (self.feedback, self.payments, self.ledger):
+        for u in (self.feedback, self.payments, self.ledger, self.funds):
             await u.close()

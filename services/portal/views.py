@@ -649,6 +649,44 @@ class BalancePoint:
         _check_pence(self.balance_pence, "balance_pence", minimum=0)  # a fund never goes below zero
 
 
+GRANT_STATUS_LABELS: dict[str, str] = {
+    "reserving": "Approved, money being reserved", "reserved": "Approved, money reserved", "completed": "Completed",
+    "cancelled": "Cancelled (the unpaid rest returned to the fund)"}
+MEASURE_STATUS_LABELS: dict[str, str] = {
+    "improving": "Improving", "no_change": "No change yet", "worse": "Worse", "too_few_responses": "Too few responses to say"}
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    """One approved improvement grant from the region's fund: its money and what its measure shows
+    (computed by the funds service from live feedback, never typed in)."""
+
+    grant_id: str
+    title: str
+    providers: tuple[tuple[str, str], ...]  # (ODS code, name)
+    status: str
+    amount_pence: int
+    paid_pence: int
+    measure_status: str
+
+    def __post_init__(self) -> None:
+        _require(self.status in GRANT_STATUS_LABELS, f"unknown grant status {self.status!r}")
+        _require(self.measure_status in MEASURE_STATUS_LABELS, f"unknown measure status {self.measure_status!r}")
+        _check_pence(self.amount_pence, "amount_pence", minimum=1)
+        _check_pence(self.paid_pence, "paid_pence", minimum=0)
+        _require(self.paid_pence <= self.amount_pence, f"{self.grant_id}: paid more than the grant")
+        for ods, _ in self.providers:
+            _check_ods(ods)
+
+    @property
+    def status_label(self) -> str:
+        return GRANT_STATUS_LABELS[self.status]
+
+    @property
+    def measure_label(self) -> str:
+        return MEASURE_STATUS_LABELS[self.measure_status]
+
+
 @dataclass(frozen=True, slots=True)
 class InflowRow:
     """What one provider's patients diverted into the region's fund, and what appeals returned."""
@@ -677,9 +715,12 @@ class RegionPage:
     inflows: tuple[InflowRow, ...]
     period_from: str
     period_to: str
+    grants: tuple[GrantRow, ...] | None = ()  # None: the funds service did not answer
+    more_grants: bool = False  # more approved grants than the page shows
 
     def __post_init__(self) -> None:
         _require(bool(_REGION.fullmatch(self.region_code)), f"bad region code {self.region_code!r}")
+        _require(self.grants is None or len(self.grants) <= MAX_ROWS, f"at most {MAX_ROWS} grants")
         _check_period(self.period_from)
         _check_period(self.period_to)
         _require(self.period_from <= self.period_to, "period_from is after period_to")

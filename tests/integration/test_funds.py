@@ -144,6 +144,21 @@ async def test_a_grant_is_proposed_checked_reserved_and_paid_through_the_ledger(
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert r.headers["content-type"].startswith("text/csv") and rows[-1]["grant_id"] == "TOTAL"
     assert rows[-1]["received_pence"] == "100000" and rows[-1]["remaining_pence"] == "40000"
+
+    # The public pages' view: approved grants only, no people's names, the portal's reports:read token.
+    pending = f"lc-{uuid.uuid4().hex[:6]}"
+    assert (await funds.post("/v1/grants", headers=who["maker"], json=body(pending, "Y56", [("RJ1", 1_000)]))).status_code == 201
+    public = bearer_headers(["reports:read"], subject="service:portal")
+    r = await funds.get("/v1/publication/funds/Y56/grants", headers=public)
+    assert r.status_code == 200, r.text
+    published = {g["grant_id"]: g for g in r.json()["grants"]}
+    assert gid in published and pending not in published  # a proposal is not public until approved
+    assert published[gid]["paid_pence"] == 60_000 and published[gid]["providers"] == ["RJ1", "RRV"]
+    assert not {"proposed_by", "decided_by", "steps"} & set(published[gid])
+    assert (await funds.get("/v1/publication/funds/Y56/grants", headers=who["manager"])).status_code == 403  # funds:read is not it
+    london_only = bearer_headers(["reports:read"], subject="x", regions=["Y56"])
+    assert (await funds.get("/v1/publication/funds/Y63/grants", headers=london_only)).status_code == 403
+    assert (await funds.get("/v1/publication/funds/Y99/grants", headers=public)).status_code == 404
     tb = (await ledger.get("/v1/trial-balance", headers=ADMIN)).json()
     assert tb["total_pence"] == 0
     assert (await ledger.get("/v1/verify", headers=ADMIN)).json()["ok"]

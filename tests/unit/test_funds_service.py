@@ -32,7 +32,7 @@ def test_every_route_has_a_rule_and_every_rule_a_route_with_a_known_scope() -> N
     app = dev_app()
     routes = {(method.upper(), path) for path, ops in app.openapi()["paths"].items() if path.startswith("/v1/") for method in ops}
     assert routes == set(POLICY)
-    assert {rule.scope for rule in POLICY.values()} == {"funds:propose", "funds:approve", "funds:manage", "funds:read"}
+    assert {rule.scope for rule in POLICY.values()} == {"funds:propose", "funds:approve", "funds:manage", "funds:read", "reports:read"}
     assert {rule.scope for rule in POLICY.values()} <= set(SCOPES)
 
 

@@ -61,7 +61,8 @@ def fake_services(seen: list[httpx.Request], overrides: dict[str, Any] | None = 
 async def portal(handler: Handler, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(PortalSettings(**{"mode": "development", **settings}))
     async with app.router.lifespan_context(app):
-        for upstream in (app.state.upstreams.feedback, app.state.upstreams.payments, app.state.upstreams.ledger):
+        for upstream in (app.state.upstreams.feedback, app.state.upstreams.payments, app.state.upstreams.ledger,
+                         app.state.upstreams.funds):
             await upstream.close()
             upstream.client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=upstream.base_url)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://portal.test") as client:
@@ -241,3 +242,30 @@ def test_the_token_file_is_read_again_when_it_changes(tmp_path: Path, monkeypatc
     with pytest.raises(UpstreamError) as err:
         tokens.get()
     assert err.value.status == 503
+
+
+REGION_ANSWERS = {
+    "/v1/publication/funds/Y56/balance-history": httpx.Response(200, json={"points": [{"period": "2026-11", "closing_balance_pence": 5_000}]}),
+    "/v1/publication/funds/Y56/inflows": httpx.Response(200, json={"from": "2025-12", "to": "2026-11", "providers": [
+        {"provider_code": "RJ1", "diverted_pence": 5_000, "appealed_back_pence": 0}]}),
+}
+
+
+async def test_a_region_page_shows_the_funds_approved_grants_with_their_computed_status():
+    seen: list[httpx.Request] = []
+    grants = httpx.Response(200, json={"region_code": "Y56", "next_cursor": None, "grants": [
+        {"grant_id": "g1", "title": "Better discharge", "status": "reserved", "providers": ["RJ1"], "amount_pence": 4_000,
+         "paid_pence": 1_500, "measure_kind": "fft", "measure_status": "improving"}]})
+    async with portal(fake_services(seen, {**REGION_ANSWERS, "/v1/publication/funds/Y56/grants": grants})) as client:
+        r = await client.get("/regions/Y56")
+    assert r.status_code == 200, r.text
+    assert "Better discharge" in r.text and "£40.00" in r.text and "£15.00" in r.text and "Improving" in r.text
+    [call] = [req for req in seen if req.url.path.endswith("/grants")]
+    assert claims(call)["scope"] == "reports:read" and call.url.params["limit"] == "100"
+
+
+async def test_a_region_page_still_shows_the_funds_money_while_the_funds_service_is_down():
+    down = httpx.Response(503, json={"title": "Service unavailable", "status": 503, "detail": "ledger"})
+    async with portal(fake_services([], {**REGION_ANSWERS, "/v1/publication/funds/Y56/grants": down})) as client:
+        r = await client.get("/regions/Y56")
+    assert r.status_code == 200 and "Grants not available" in r.text and "£50.00" in r.text
