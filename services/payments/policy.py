@@ -72,6 +72,10 @@ POLICY = {
         "reports:read", "lists the providers the binding sees", "nothing: others are left out"),
     ("GET", "/v1/publication/providers/{provider_code}/money"): Rule(
         "reports:read", "the provider", "403 outside the binding; 404 an unknown provider"),
+    ("GET", "/v1/publication/equity"): Rule(
+        "reports:read", "England: a national token; region_code: that region (national or region-bound tokens)",
+        "403 outside the binding (England needs a national token); 404 an unknown region; strata under 10 episodes"
+        " show their count only"),
     ("GET", "/v1/publication/funds/{region_code}/inflows"): Rule(
         "reports:read", "the region (national or region-bound tokens)", "403 outside the binding; 404 an unknown region"),
     # ... and finance data, read with the user's own token:

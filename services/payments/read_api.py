@@ -24,6 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.payments import read_models as rm
+from services.payments.equity import equity_rows
 from shared.auth import principal_of
 from shared.contracts import IcbCode, OdsCode, PeriodCode, RegionCode
 from shared.http import PROBLEM_RESPONSES, Problem
@@ -162,6 +163,35 @@ class CommissionerPeriod(BaseModel):
     providers: list[CommissionerProvider]
 
 
+class Rate(BaseModel):
+    rate: float | None = Field(description="k / n; null when n is 0 or the stratum is suppressed")
+    low: float | None = Field(description="Wilson 95% interval, lower end")
+    high: float | None = Field(description="Wilson 95% interval, upper end")
+
+
+class EquityRow(BaseModel):
+    dimension: Literal["imd_decile", "age_band", "setting"]
+    stratum: str = Field(description="IMD decile 1 (most deprived) to 10, an age band, a setting; `unknown` where the"
+                                     " payment request did not say")
+    episodes: int = Field(description="Settled episodes in the stratum")
+    suppressed: bool = Field(description="Fewer than min_episodes episodes: every figure but the count is withheld")
+    responses: int | None = Field(description="Episodes decided by a patient's answer")
+    response_rate: Rate
+    diverted_episodes: int | None = Field(description="Episodes with any money diverted to the fund")
+    diversion_rate: Rate
+    held_pence: int | None
+    diverted_pence: int | None = Field(description="Diverted at settlement (before any appeal)")
+    diverted_share_of_held: float | None
+
+
+class EquityReport(BaseModel):
+    period: str
+    months: list[str]
+    region_code: str | None = Field(description="null: England")
+    min_episodes: int
+    rows: list[EquityRow]
+
+
 def _reach(request: Request) -> Reach:
     return reach_of(principal_of(request), request.app.state.runtime.reference)
 
@@ -245,6 +275,32 @@ async def fund_inflows(
         rows = await rm.fund_inflows(conn, region_code, months)
     return FundInflows(region_code=region_code, from_=months[0], to=months[-1], providers=[Inflow(**r) for r in rows],
                        net_diverted_pence=sum(r["net_diverted_pence"] for r in rows))
+
+
+EQUITY_MIN_EPISODES = 10  # a published stratum smaller than this shows its count only
+
+
+@router.get("/publication/equity", response_model=EquityReport, tags=["publication"],
+            summary="Equity: diversion and response rates by IMD decile, age band and setting, with 95% intervals,"
+                    " for England or one region")
+async def equity_report(
+    request: Request,
+    period: Annotated[str, Query(pattern=MONTH_OR_QUARTER, description="YYYY-MM or YYYY-Qn (the episodes' period)")],
+    region_code: Annotated[RegionCode | None, Query(description="One region; absent: England (a national token)")] = None,
+) -> EquityReport:
+    reach = _reach(request)
+    if region_code is None:
+        reach.require(reach.binding.national, "region_code", "England (every region)")
+    else:
+        if region_code not in request.app.state.runtime.reference.regions:
+            raise Problem(404, "Not found", f"{region_code} is not a known region",
+                          errors=[{"field": "region_code", "message": "unknown region"}])
+        reach.require(reach.sees_region(region_code), "region_code", f"region {region_code}")
+    months = _months(period)
+    async with request.app.state.runtime.pool.acquire() as conn:
+        tallies = await rm.equity_tallies(conn, months, region_code)
+    return EquityReport(period=period, months=months, region_code=region_code, min_episodes=EQUITY_MIN_EPISODES,
+                        rows=[EquityRow(**r) for r in equity_rows(tallies, min_episodes=EQUITY_MIN_EPISODES)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,6 +114,24 @@ async def fund_inflows(conn: asyncpg.Connection, region_code: str, periods: Sequ
     return out
 
 
+async def equity_tallies(conn: asyncpg.Connection, periods: Sequence[str], region_code: str | None) -> list[Any]:
+    """The settled episodes of these periods (one region's, or England's) tallied per stratum of
+    each equity dimension; one pass over the periods' episodes (the (period, region_code) index)."""
+    from services.payments.equity import StratumTally
+
+    rows = await conn.fetch(
+        "SELECT v.dimension, coalesce(v.stratum, 'unknown') AS stratum, count(*) AS episodes,"
+        " count(*) FILTER (WHERE e.decision->>'deciding_submission_id' IS NOT NULL) AS responses,"
+        " count(*) FILTER (WHERE e.diverted_pence > 0) AS diverted_episodes,"
+        " coalesce(sum(e.at_risk_pence), 0) AS held_pence, coalesce(sum(e.diverted_pence), 0) AS diverted_pence"
+        " FROM episodes e CROSS JOIN LATERAL (VALUES ('imd_decile', e.imd_decile::text), ('age_band', e.age_band),"
+        "   ('setting', e.service_type)) AS v(dimension, stratum)"
+        " WHERE e.status = 'settled' AND e.period = ANY($1::text[]) AND ($2::text IS NULL OR e.region_code = $2)"
+        " GROUP BY 1, 2", list(periods), region_code)
+    return [StratumTally(r["dimension"], r["stratum"], int(r["episodes"]), int(r["responses"]), int(r["diverted_episodes"]),
+                         int(r["held_pence"]), int(r["diverted_pence"])) for r in rows]
+
+
 # ---------------------------------------------------------------------------------------------
 # Settlements and the episodes behind them
 # ---------------------------------------------------------------------------------------------

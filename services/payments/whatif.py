@@ -46,7 +46,7 @@ from services.payments.schemes import Scheme, SchemeBook, SchemeError, check_sco
 from shared.contracts import FeedbackReceived, PaymentRequested, TransferRequested
 from shared.money import check, format_pence
 from shared.reference import ReferenceData, load_reference
-from shared.stats.proportions import wilson_interval
+from services.payments.equity import EQUITY_DIMENSIONS, UNKNOWN, StratumTally, equity_rows
 
 MAX_EVENTS = 5_000_000  # a limit on everything: about three England days of payment requests
 
@@ -265,50 +265,21 @@ def judgement_fields(r: domain.SettlementReport) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Comparing scheme versions over the same events
 # ---------------------------------------------------------------------------------------------
-EQUITY_DIMENSIONS = ("imd_decile", "age_band", "setting")
-_AGE_ORDER = {band: i for i, band in enumerate(("0-17", "18-44", "45-64", "65-74", "75+"))}
-
-
-def _stratum_order(dimension: str, value: str) -> tuple[int, object]:
-    if value == "unknown":
-        return (1, 0)
-    if dimension == "imd_decile":
-        return (0, int(value))
-    if dimension == "age_band":
-        return (0, _AGE_ORDER.get(value, 99))
-    return (0, value)
-
-
-def _rate(k: int, n: int) -> dict[str, float | None]:
-    if not n:
-        return {"rate": None, "low": None, "high": None}
-    low, high = wilson_interval(k, n, 0.95)
-    return {"rate": round(k / n, 6), "low": round(low, 6), "high": round(high, 6)}
-
-
 def equity(result: Replay) -> list[dict[str, Any]]:
-    """Per IMD decile, age band and setting (``unknown`` where the request did not say): the settled
-    episodes, their response rate and the share with money diverted (Wilson 95% intervals), held
-    and diverted pence and the share of the held money diverted."""
+    """The equity table (``equity.equity_rows``) over a replay's settled episodes, nothing suppressed
+    (the operator running a what-if sees the whole table)."""
     tally: dict[tuple[str, str], list[int]] = {}
     for r in result.reports:
         for line in r.lines:
             e = line.episode
             for dimension, value in zip(EQUITY_DIMENSIONS, (e.imd_decile, e.age_band, e.service_type)):
-                t = tally.setdefault((dimension, "unknown" if value is None else str(value)), [0, 0, 0, 0, 0])
+                t = tally.setdefault((dimension, UNKNOWN if value is None else str(value)), [0, 0, 0, 0, 0])
                 t[0] += 1
                 t[1] += line.decision.deciding_submission_id is not None
                 t[2] += line.diverted_pence > 0
                 t[3] += e.at_risk_pence
                 t[4] += line.diverted_pence
-    out = []
-    for (dimension, value), (n, responded, diverted_n, held, diverted) in sorted(
-            tally.items(), key=lambda kv: (EQUITY_DIMENSIONS.index(kv[0][0]), _stratum_order(*kv[0]))):
-        out.append({"dimension": dimension, "stratum": value, "episodes": n, "responses": responded,
-                    "response_rate": _rate(responded, n), "diverted_episodes": diverted_n,
-                    "diversion_rate": _rate(diverted_n, n), "held_pence": held, "diverted_pence": diverted,
-                    "diverted_share_of_held": round(diverted / held, 6) if held else None})
-    return out
+    return equity_rows(StratumTally(d, v, *counts) for (d, v), counts in tally.items())
 
 
 def compare(payments: Sequence[PaymentRequested], feedback: Sequence[FeedbackReceived], schemes: Sequence[tuple[str, Scheme]],

@@ -25,7 +25,7 @@ from devtools.stack import Stack
 from devtools.synthetic import synthetic_nhs_number
 from services.payments import judgement
 from services.payments.store import PgPaymentsStore
-from services.payments.whatif import read_events, replay
+from services.payments.whatif import equity, read_events, replay
 from services.payments.schemes import SchemeBook, parse_scheme
 from shared.auth import SCOPES, bearer_headers
 from shared.contracts import PaymentRequested, envelope
@@ -205,3 +205,36 @@ async def test_a_bad_but_ordinary_month_keeps_its_money_behind_the_gate(stack: S
     assert table.returncode == 0, table.stderr
     line = next(x for x in table.stdout.splitlines() if x.startswith("RJ1"))
     assert "£400.00" in line and "£0.00" in line and "within" in line
+
+    # The published equity report over what the services settled is the same computation over the
+    # same episodes: the live scheme book (RJ1 gated, the rest plain) replayed offline gives it.
+    live_book = SchemeBook([parse_scheme(p.read_text()) for p in sorted(scheme_dirs["live"].glob("*.toml"))])
+    expected = equity(replay(payments_in, feedback_in, live_book, load_reference()))
+    async with httpx.AsyncClient(timeout=60) as http:
+        public = bearer_headers(["reports:read"], subject="service:portal")
+        r = await http.get(f"{payments}/v1/publication/equity", params={"period": period}, headers=public)
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert report["region_code"] is None and report["months"] == [period] and report["min_episodes"] == 10
+        assert report["rows"] == expected  # no stratum under 10 episodes here, so nothing suppressed
+        for dimension in ("imd_decile", "age_band", "setting"):
+            rows = [row for row in report["rows"] if row["dimension"] == dimension]
+            assert sum(row["episodes"] for row in rows) == sum(n for _, _, n, _ in MONTH)
+            assert sum(row["diverted_pence"] for row in rows) == sum(rep["diverted_pence"] for rep in reports.values())
+            for row in rows:
+                rate = row["diversion_rate"]
+                assert rate["low"] <= rate["rate"] <= rate["high"]
+        quarter = f"{activity.year}-Q{(activity.month - 1) // 3 + 1}"
+        r = await http.get(f"{payments}/v1/publication/equity", params={"period": quarter, "region_code": "Y56"}, headers=public)
+        london = r.json()
+        assert r.status_code == 200 and london["region_code"] == "Y56"
+        ref = load_reference()
+        in_london = sum(n for p, _, n, _ in MONTH if ref.providers[p].region_code == "Y56")
+        assert sum(row["episodes"] for row in london["rows"] if row["dimension"] == "setting") == in_london
+        assert all(row["suppressed"] and row["diverted_pence"] is None for row in london["rows"] if row["episodes"] < 10)
+        london_token = bearer_headers(["reports:read"], subject="x", regions=["Y56"])
+        for params in ({"period": period}, {"period": period, "region_code": "Y58"}):  # England, or another region
+            r = await http.get(f"{payments}/v1/publication/equity", params=params, headers=london_token)
+            assert r.status_code == 403 and r.json()["errors"][0]["field"] == "region_code"
+        r = await http.get(f"{payments}/v1/publication/equity", params={"period": period, "region_code": "Y99"}, headers=public)
+        assert r.status_code == 404
