@@ -514,7 +514,9 @@ def settle(
     3. Minimum sample: fewer valid responses than the scheme's minimum → nothing is diverted.
     4. Gate (scheme ``[gate]``): nothing is diverted unless the provider-period's measure is worse
        than the benchmark beyond the funnel limit (``judgement.judge``, from ``context``).
-    5. Case mix (``[casemix]``): the total is scaled by min(1, benchmark / case-mix expected share).
+    5. Case mix (``[casemix]``): the total is scaled by min(1, benchmark / case-mix expected share);
+       outcomes (``[signals]`` with a PROM weight and enough pairs) scale it by min(1, combined
+       signal / FFT share) too.
     6. Cap: total diversion above cap_bps of the billed amount → the cap.
     7. Improvement credit (``[improvement]``): ``credit_bps`` of that total is earned back.
     8. The total is split over the episodes in proportion to their uncapped diversions, by largest
@@ -574,7 +576,7 @@ def settle(
         if not verdict.diverts:
             target = 0
         else:
-            target = judgement.adjusted_total(total_uncapped, verdict.casemix_factor)
+            target = judgement.adjusted_total(total_uncapped, verdict.factor)
             if target > report.cap_pence:
                 report.cap_applied = True
                 steps_common.append(
@@ -592,7 +594,7 @@ def settle(
             diverted = [0] * len(mine)
         else:
             diverted = split_largest_remainder(target, uncapped)
-            if verdict.casemix_factor < 1:
+            if verdict.factor < 1:
                 steps_common.append(f"{target}p diverted in all, shared in proportion to each episode's uncapped diversion")
         if report.credit_pence:
             # The credit is taken back from the diversions just shared, in proportion to them, and

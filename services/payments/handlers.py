@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from services.payments import domain, events, intake, metrics, reconcile, review, settlement
+from services.payments import domain, events, intake, judgement, metrics, reconcile, review, settlement
 from services.payments.intake import Outcome
 from services.payments.ports import EpisodeRow, NewAppeal, PaymentsStore, Unit
 from services.payments.schemes import SchemeBook
@@ -143,7 +143,7 @@ class PaymentsHandlers:
     async def record_answers(self, answers: Sequence[FeedbackReceived]) -> list[bool]:
         """Keep the answers that can decide an episode; True for each recorded now."""
         check_batch(len(answers))
-        return await self.uow.run(lambda tx: _record_answers(tx, answers))
+        return await self.uow.run(lambda tx: _record_answers(tx, answers, self.ref))
 
     async def record_episode_events(self, commands: Sequence[AcceptPayment],
                                     answers: Sequence[FeedbackReceived]) -> tuple[list[Outcome], list[bool]]:
@@ -154,7 +154,7 @@ class PaymentsHandlers:
         window = self._window()
 
         async def work(tx: PaymentsStore) -> tuple[tuple[list[Outcome], list[domain.Episode]], list[bool]]:
-            return await self._accept(tx, commands, window), await _record_answers(tx, answers)
+            return await self._accept(tx, commands, window), await _record_answers(tx, answers, self.ref)
 
         (outcomes, created), recorded = await self.uow.run(work)
         metrics.payments_accepted(created)
@@ -437,8 +437,6 @@ class PaymentsHandlers:
         provider-period settles (after, a diversion is corrected by appeal): ``Refused``. The same
         person and reason again is the existing exemption (changed False); another one is ``Refused``;
         an unknown provider or a bad period or reason is ``InputError``. (the exemption, changed)."""
-        from services.payments import judgement  # kept local: this method is all judgement adds here
-
         if provider_code not in self.ref.providers:
             raise domain.InputError("provider_code", f"{provider_code} is not a known provider")
         if not (len(period) == 7 and period[4] == "-" and period[:4].isdigit() and period[5:].isdigit()
@@ -479,7 +477,10 @@ async def _request_money_back(tx: PaymentsStore, episode_id: str, build: Callabl
     return transfer.transfer_id
 
 
-async def _record_answers(tx: PaymentsStore, answers: Sequence[FeedbackReceived]) -> list[bool]:
+async def _record_answers(tx: PaymentsStore, answers: Sequence[FeedbackReceived], ref: ReferenceData) -> list[bool]:
+    """The answers that can decide an episode, and the answers that completed a PROM pair (for
+    schemes that weigh outcomes, ``[signals]``); the outcomes are for the former."""
+    await tx.insert_prom_outcomes(judgement.prom_outcomes_of(answers, ref.trust_of))
     kept = intake.answers_to_keep(answers)
     if not kept:
         return [False] * len(answers)

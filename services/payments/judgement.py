@@ -20,8 +20,11 @@ A scheme may add (each an optional table of its file, see ``schemes.py``; absent
 * **improvement** (``[improvement]``): a provider whose measure is significantly better (below the
   lower funnel limit) than its own baseline period's (a year earlier, or a fixed period) earns back
   ``credit_bps`` of its period's diversions. Credit never exceeds the diversion it returns.
-* **signals** (``[signals]``): a weighted combination of the FFT negative share and a PROM
-  "% improved" figure carried in the context; reported only, until PROM figures flow into payments.
+* **signals** (``[signals]``): a weighted combination of the FFT negative share and the share of
+  the provider's PROM pairs completed in the period that did *not* improve (``prom_from_records``,
+  the store's ``prom_outcomes``); with enough pairs, the diversions are scaled by
+  ``min(1, combined / FFT share)`` (``signal_factor``): good outcomes soften a poor experience
+  month, bad outcomes never add to what the patients' own answers decided.
 
 Exemption (a provider-period exempted for extraordinary circumstances by an authorised person)
 is not a scheme option: it applies under every scheme (``domain.settle``'s ``exemption``).
@@ -36,7 +39,7 @@ settlement job and passed to every unit.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
@@ -49,6 +52,9 @@ from shared.stats import proportions as pr
 
 if TYPE_CHECKING:  # domain imports this module; the types only
     from services.payments.domain import Answer, Episode
+    from shared.contracts import FeedbackReceived
+
+PROM_INSTRUMENTS = frozenset({"eq5d5l", "ohs", "oks"})  # the paired PROMs whose pairs can weigh in (``[signals]``)
 
 COVERAGE: dict[str, float] = {"95": 0.95, "99.8": 0.998}
 
@@ -104,12 +110,13 @@ class JudgementContext:
     """What the rules need beyond a unit's own episodes, for one settlement period.
 
     ``counts`` holds one ``PeriodCounts`` per (period, window days) that ``count_sets`` names:
-    the period itself and each scheme's baseline period. ``prom_improved``: optional PROM figure
-    per provider, (patients improved, patients with a pre/post pair); nothing fills it yet."""
+    the period itself and each scheme's baseline period. ``prom_improved``: per (trust, PROM
+    instrument), (pairs with a health gain above 0, pairs) completed in the period; filled when a
+    scheme weights PROMs (``needs_proms``)."""
 
     period: str
     counts: Mapping[tuple[str, int], PeriodCounts] = field(default_factory=dict)
-    prom_improved: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    prom_improved: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def counts_for(self, period: str, window_days: int) -> PeriodCounts | None:
         return self.counts.get((period, window_days))
@@ -120,6 +127,66 @@ def needs_counts(scheme: Scheme) -> bool:
     tables settles from its own episodes, exactly as before)."""
     return scheme.gate is not None or scheme.casemix is not None or scheme.improvement is not None \
         or scheme.signals.prom_weight_bps > 0
+
+
+def needs_proms(schemes: Iterable[Scheme]) -> bool:
+    """Whether settling under any of these schemes reads the period's PROM pairs."""
+    return any(s.signals.prom_weight_bps > 0 for s in schemes)
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """[start, end) of a YYYY-MM period in UTC (PROM pairs count in the month their post-operative
+    answer was authored, as the feedback service's PROM publication counts them)."""
+    year, month = int(period[:4]), int(period[5:7])
+    start = datetime(year, month, 1, tzinfo=timezone.utc)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class PromOutcome:
+    """An answer that completed a patient's pre/post PROM pair (feedback pairs them and sends the
+    gain on ``feedback.received.v1``), under its trust (a site's answers count for its trust)."""
+
+    submission_id: str
+    provider_code: str
+    instrument: str
+    health_gain: int
+    authored_at: datetime
+
+
+def prom_outcomes_of(feedback: Iterable["FeedbackReceived"], trust_of: Callable[[str], str | None]) -> list[PromOutcome]:
+    """The PROM pair completions among these events, first per submission id (what payments keeps)."""
+    seen: set[str] = set()
+    out = []
+    for fb in feedback:
+        if fb.health_gain is None or fb.instrument not in PROM_INSTRUMENTS or fb.submission_id in seen:
+            continue
+        trust = trust_of(fb.provider_code)
+        if trust is None:
+            continue
+        seen.add(fb.submission_id)
+        out.append(PromOutcome(fb.submission_id, trust, fb.instrument, fb.health_gain, fb.authored_at))
+    return out
+
+
+def tally_proms(outcomes: Iterable[PromOutcome], period: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per (trust, instrument): (pairs with a gain above 0, pairs) completed in the period (the
+    store's ``prom_outcomes`` query computes the same)."""
+    start, end = period_bounds(period)
+    out: dict[tuple[str, str], list[int]] = {}
+    for o in outcomes:
+        if start <= o.authored_at < end:
+            t = out.setdefault((o.provider_code, o.instrument), [0, 0])
+            t[0] += o.health_gain > 0
+            t[1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+
+def prom_from_records(feedback: Iterable["FeedbackReceived"], period: str, trust_of: Callable[[str], str | None]
+                      ) -> dict[tuple[str, str], tuple[int, int]]:
+    """The PROM figure from feedback events, as the service computes it from what it kept."""
+    return tally_proms(prom_outcomes_of(feedback, trust_of), period)
 
 
 def baseline_period(scheme: Scheme, period: str) -> str | None:
@@ -354,6 +421,15 @@ def weighted_signal(fft_share: Fraction, prom_improved_share: Fraction | None, *
     return (fft_weight_bps * fft_share + prom_weight_bps * (1 - prom_improved_share)) / (fft_weight_bps + prom_weight_bps)
 
 
+def signal_factor(fft_share: Fraction, combined: Fraction) -> Fraction:
+    """What the diversions are scaled by for outcomes: min(1, combined / FFT share), in [0, 1]. An
+    FFT share of 0 diverts nothing anyway (factor 1)."""
+    check(Fraction(0) <= fft_share <= 1 and Fraction(0) <= combined <= 1, "shares")
+    if fft_share == 0:
+        return Fraction(1)
+    return min(Fraction(1), combined / fft_share)
+
+
 def _pct(x: Fraction | None) -> str:
     return "n/a" if x is None else f"{float(x) * 100:.1f}%"
 
@@ -389,7 +465,13 @@ class Verdict:
     improvement: ImprovementResult | None = None
     credit_bps: int = 0
     signal: Fraction | None = None
+    signal_factor: Fraction = Fraction(1)  # multiplies the diversions with the case-mix factor; never above 1
     steps: tuple[str, ...] = ()
+
+    @property
+    def factor(self) -> Fraction:
+        """What the diversions are scaled by before the cap: case mix times outcomes, in [0, 1]."""
+        return self.casemix_factor * self.signal_factor
 
     @property
     def diverts(self) -> bool:
@@ -462,18 +544,26 @@ def judge(scheme: Scheme, *, provider_code: str, region_code: str, context: Judg
                              " diversions earned back")
             else:
                 steps.append(f"improvement: {share_text} is not significantly below {against}: no credit")
-    signal = None
+    signal, outcome = None, Fraction(1)
     sig = scheme.signals
     if sig.prom_weight_bps > 0 and expected.observed_rate is not None:
-        improved, pairs = context.prom_improved.get(provider_code, (0, 0))
-        prom_share = Fraction(improved, pairs) if pairs else None
-        signal = weighted_signal(expected.observed_rate, prom_share, fft_weight_bps=sig.fft_weight_bps,
-                                 prom_weight_bps=sig.prom_weight_bps)
-        prom_text = f"PROM {_pct(1 - prom_share)} not improved x {sig.prom_weight_bps} bps" if prom_share is not None \
-            else "no PROM figure (FFT only)"
-        steps.append(f"signal: FFT {_pct(expected.observed_rate)} {words} x {sig.fft_weight_bps} bps, {prom_text}"
-                     f" = {_pct(signal)} (reported; money moves on the FFT answers)")
-    return Verdict(expected, gate, factor, improvement, credit_bps, signal, tuple(steps))
+        counts = [context.prom_improved.get((provider_code, i), (0, 0)) for i in sig.prom_instruments]
+        improved, pairs = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        instruments = "/".join(sig.prom_instruments)
+        if pairs < sig.min_prom_pairs:
+            steps.append(f"signal: {pairs} PROM pairs ({instruments}) completed in the period, fewer than"
+                         f" {sig.min_prom_pairs}: FFT only")
+        else:
+            prom_share = Fraction(improved, pairs)
+            signal = weighted_signal(expected.observed_rate, prom_share, fft_weight_bps=sig.fft_weight_bps,
+                                     prom_weight_bps=sig.prom_weight_bps)
+            outcome = signal_factor(expected.observed_rate, signal)
+            text = (f"signal: FFT {_pct(expected.observed_rate)} {words} x {sig.fft_weight_bps} bps, PROM"
+                    f" {_pct(1 - prom_share)} not improved ({pairs - improved} of {pairs} {instruments} pairs)"
+                    f" x {sig.prom_weight_bps} bps = {_pct(signal)}")
+            steps.append(text + (f": diversions scaled by {float(outcome):.4f}" if outcome < 1
+                                 else ": outcomes no better than experience, diversions unchanged"))
+    return Verdict(expected, gate, factor, improvement, credit_bps, signal, outcome, tuple(steps))
 
 
 def _improvement(scheme: Scheme, provider_code: str, region_code: str, context: JudgementContext,

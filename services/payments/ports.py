@@ -98,6 +98,9 @@ class PaymentsStore(Protocol):
     async def insert_answers(self, answers: Sequence[FeedbackReceived]) -> set[str]:
         """Store the answers whose submission ids are new; the submission ids stored now."""
 
+    async def insert_prom_outcomes(self, outcomes: Sequence[judgement.PromOutcome]) -> None:
+        """Keep the PROM pair completions whose submission ids are new (``[signals]`` reads them)."""
+
     async def record_ledger_answers(self, final: Sequence[TransferPosted]) -> list[Answered]:
         """Record each answer on its tracked transfer unless that one is posted already (posted is
         final); the transfers updated, with their expected status and recorded discrepancy."""
@@ -128,6 +131,10 @@ class PaymentsStore(Protocol):
     async def judgement_counts(self, period: str, window_days: int) -> judgement.PeriodCounts:
         """The period's episodes counted by provider, region, stratum (service type, age band, IMD
         decile) and first FFT answer within ``window_days`` (``judgement.counts_from_records``)."""
+
+    async def prom_outcomes(self, period: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """Per (trust, instrument): PROM pairs completed in the period that improved, and all of
+        them (``judgement.tally_proms``)."""
 
     async def exemption_of(self, provider_code: str, period: str) -> judgement.Exemption | None:
         """The provider-period's exemption, if any; holds the provider-period's exemption lock to the

@@ -156,14 +156,32 @@ class Improvement(BaseModel):
         return self
 
 
+PromInstrument = Literal["eq5d5l", "ohs", "oks"]
+
+
 class Signals(BaseModel):
-    """How experience (FFT) and outcome (PROM "% improved") signals are weighted, in bps. Only
-    the combination is built (``judgement.weighted_signal``): the figure is reported; money still
-    moves on the FFT answers until PROM figures flow into payments."""
+    """How experience (FFT negative share) and outcome (PROM share *not* improved) are weighted, in
+    bps (``judgement.weighted_signal``). With a PROM weight, a provider-period whose patients'
+    outcomes are better than its experience answers say diverts less: its diversions are scaled by
+    min(1, combined signal / FFT share) (``judgement.signal_factor``). Never more: each episode's
+    money moves on its own patient's answer, and a PROM figure (other patients, months after their
+    operation) may soften that, never add to it. The PROM figure is the provider's pre/post pairs
+    completed in the period (feedback's pairing, carried on ``feedback.received.v1``): the share
+    with a health gain above 0, over the scheme's ``prom_instruments``, used only with at least
+    ``min_prom_pairs`` pairs (fewer: FFT only, as noise)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     fft_weight_bps: int = Field(default=10_000, ge=0, le=10_000)
     prom_weight_bps: int = Field(default=0, ge=0, le=10_000)
+    prom_instruments: tuple[PromInstrument, ...] = ("eq5d5l", "ohs", "oks")
+    min_prom_pairs: int = Field(default=30, ge=1, le=100_000)
+
+    @field_validator("prom_instruments")
+    @classmethod
+    def _instruments(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("one or more instruments, each once")
+        return v
 
     @model_validator(mode="after")
     def _weights(self) -> "Signals":

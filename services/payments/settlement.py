@@ -66,8 +66,10 @@ async def load_context(tx: PaymentsStore, period: str, schemes: Iterable[Scheme]
     one ``judgement_counts`` statement per (period, window) of ``judgement.count_sets`` (none when
     no scheme has a gate, case mix, improvement or PROM weight). Computed once per job, it serves
     every unit: the counts do not depend on what has settled."""
+    schemes = list(schemes)
     needed = judgement.count_sets(period, schemes)
-    return judgement.JudgementContext(period, {key: await tx.judgement_counts(*key) for key in needed})
+    proms = await tx.prom_outcomes(period) if judgement.needs_proms(schemes) else {}
+    return judgement.JudgementContext(period, {key: await tx.judgement_counts(*key) for key in needed}, proms)
 
 
 async def settle_unit(tx: PaymentsStore, unit: Unit, scheme: Scheme, cmd: RunSettlement,

@@ -140,6 +140,15 @@ class PgPaymentsStore:
         )
         return {r["submission_id"] for r in rows}
 
+    async def insert_prom_outcomes(self, outcomes: Sequence[judgement.PromOutcome]) -> None:
+        if not outcomes:
+            return
+        await self.conn.execute(
+            "INSERT INTO prom_outcomes(submission_id, provider_code, instrument, health_gain, authored_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[]) ON CONFLICT DO NOTHING",
+            [o.submission_id for o in outcomes], [o.provider_code for o in outcomes], [o.instrument for o in outcomes],
+            [o.health_gain for o in outcomes], [o.authored_at for o in outcomes])
+
     async def record_ledger_answers(self, final: Sequence[TransferPosted]) -> list[Answered]:
         if not final:
             return []
@@ -216,6 +225,13 @@ class PgPaymentsStore:
         return bool(inserted)
 
     # -- judging fairly (judgement.py) --------------------------------------------------------------
+    async def prom_outcomes(self, period: str) -> dict[tuple[str, str], tuple[int, int]]:
+        start, end = judgement.period_bounds(period)
+        rows = await self.conn.fetch(
+            "SELECT provider_code, instrument, count(*) FILTER (WHERE health_gain > 0) AS improved, count(*) AS pairs"
+            " FROM prom_outcomes WHERE authored_at >= $1 AND authored_at < $2 GROUP BY 1, 2 ORDER BY 1, 2", start, end)
+        return {(r["provider_code"], r["instrument"]): (int(r["improved"]), int(r["pairs"])) for r in rows}
+
     async def judgement_counts(self, period: str, window_days: int) -> judgement.PeriodCounts:
         rows = await self.conn.fetch(_JUDGEMENT_COUNTS, period, window_days)
         counts = (judgement.AnswerCount(r["provider_code"], r["region_code"], r["service_type"], r["age_band"],

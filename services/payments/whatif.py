@@ -57,6 +57,7 @@ class Replay:
 
     episodes: list[domain.Episode] = field(default_factory=list)
     answers: list[domain.Answer] = field(default_factory=list)
+    feedback: list[FeedbackReceived] = field(default_factory=list)  # every event, first per submission id
     reports: list[domain.SettlementReport] = field(default_factory=list)
     transfers: list[TransferRequested] = field(default_factory=list)
     balances_pence: dict[str, int] = field(default_factory=dict)
@@ -140,10 +141,10 @@ def replay(
             continue
         out.episodes.append(domain.episode_for_request(req, region=region, book=book, hold_model=hold_model))
     out.episodes.sort(key=lambda e: e.episode_id)
+    out.feedback = _dedupe(feedback, "submission_id", "feedback", out.conflicts)
     out.answers = [
         domain.Answer(fb.submission_id, fb.episode_id, fb.instrument, fb.authored_at, fb.fft_answer, fb.patient_choice)  # type: ignore[arg-type]
-        for fb in _dedupe(feedback, "submission_id", "feedback", out.conflicts)
-        if fb.instrument in ("fft", "patient_power")
+        for fb in out.feedback if fb.instrument in ("fft", "patient_power")
     ]
     by_payment: dict[str, list[TransferRequested]] = {e.payment_id: [p.request() for p in domain.payment_plan(e)]
                                                       for e in out.episodes}
@@ -156,7 +157,8 @@ def replay(
         check(scheme is not None, f"{scheme_id}@{version} selected but not loaded")
         assert scheme is not None
         if unit_period not in contexts:  # once per period, as the settlement job does
-            contexts[unit_period] = context_of(out.episodes, out.answers, unit_period, book.schemes)
+            contexts[unit_period] = context_of(out.episodes, out.answers, unit_period, book.schemes, feedback=out.feedback,
+                                               ref=ref)
         report = domain.settle(held, out.answers, scheme, provider_code=provider, period=unit_period,
                                context=contexts[unit_period], exemption=(exemptions or {}).get((provider, unit_period)))
         out.reports.append(report)
@@ -168,12 +170,16 @@ def replay(
 
 
 def context_of(episodes: Sequence[domain.Episode], answers: Sequence[domain.Answer], period: str,
-               schemes: Iterable[Scheme]) -> judgement.JudgementContext:
+               schemes: Iterable[Scheme], *, feedback: Sequence[FeedbackReceived] = (),
+               ref: ReferenceData | None = None) -> judgement.JudgementContext:
     """The judgement's context for a period, from the recorded events (every episode, in trial or not,
-    as the store query counts every stored episode)."""
+    as the store query counts every stored episode; PROM pairs from ``feedback`` as the store's
+    ``prom_outcomes``)."""
+    schemes = list(schemes)
     needed = judgement.count_sets(period, schemes)
+    proms = judgement.prom_from_records(feedback, period, ref.trust_of) if ref is not None and judgement.needs_proms(schemes) else {}
     return judgement.JudgementContext(
-        period, {(p, w): judgement.counts_from_records(episodes, answers, p, w) for p, w in needed})
+        period, {(p, w): judgement.counts_from_records(episodes, answers, p, w) for p, w in needed}, proms)
 
 
 def read_events(lines: Iterable[str]) -> tuple[list[PaymentRequested], list[FeedbackReceived], list[str], int]:

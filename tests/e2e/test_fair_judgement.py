@@ -56,6 +56,8 @@ def scheme_text(scheme_id: str, title: str, *, providers: list[str] | None, gate
 MONTH = [("RJ1", "QWE", 12, 4), ("RA7", "QUY", 12, 4), ("RTD", "QHM", 40, 2), ("RTH", "QU9", 40, 2), ("RRV", "QMJ", 40, 2)]
 GATED_PROVIDERS = ["RJ1"]
 PLAIN_PROVIDERS = ["RA7", "RTD", "RTH", "RRV"]
+OUTCOMES_PROVIDER = "RGT"  # under a scheme that weighs PROM outcomes beside experience
+SIGNALS = "\n[signals]\nfft_weight_bps = 7000\nprom_weight_bps = 3000\nprom_instruments = [\"ohs\"]\nmin_prom_pairs = 20\n"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,8 @@ def scheme_dirs(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped
     live = tmp_path_factory.mktemp("schemes")  # what the service runs: each trust under one scheme
     (live / "gated.toml").write_text(scheme_text("e2e-gated", "Gated", providers=GATED_PROVIDERS, gated=True))
     (live / "plain.toml").write_text(scheme_text("e2e-plain", "Plain", providers=PLAIN_PROVIDERS, gated=False))
+    (live / "outcomes.toml").write_text(scheme_text("e2e-outcomes", "Outcomes", providers=[OUTCOMES_PROVIDER], gated=False)
+                                        + SIGNALS)
     offline = tmp_path_factory.mktemp("whatif")  # the what-if: each scheme over everybody
     (offline / "gated.toml").write_text(scheme_text("e2e-gated", "Gated", providers=None, gated=True))
     (offline / "plain.toml").write_text(scheme_text("e2e-plain", "Plain", providers=None, gated=False))
@@ -238,3 +242,60 @@ async def test_a_bad_but_ordinary_month_keeps_its_money_behind_the_gate(stack: S
             assert r.status_code == 403 and r.json()["errors"][0]["field"] == "region_code"
         r = await http.get(f"{payments}/v1/publication/equity", params={"period": period, "region_code": "Y99"}, headers=public)
         assert r.status_code == 404
+
+
+async def test_good_outcomes_soften_a_poor_experience_month_under_a_scheme_that_weighs_them(stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    """RGT's month: 10 of 40 patients answer "Very poor" (25%), and 25 of its hip patients whose
+    post-operative Oxford Hip Score came in that month all improved. Under a scheme weighing
+    experience 70% and outcomes 30%, the combined signal is 0.7 x 25% + 0.3 x 0% = 17.5%, so the
+    diversions are scaled by 17.5 / 25 = 0.7: 70,000p diverted instead of 100,000p. The PROM
+    pairs are made by the feedback service and reach payments on feedback.received.v1."""
+    run = uuid.uuid4().hex[:6]
+    activity = date.today() - timedelta(days=160)  # another month than the other test's, its windows closed
+    period = f"{activity:%Y-%m}"
+    payments, feedback = stack.url("payments"), stack.url("feedback")
+    at = datetime(activity.year, activity.month, 1, 9, tzinfo=timezone.utc)
+    requests, submissions = [], []
+    for i in range(40):
+        ep = f"ep-{run}-o-{i}"
+        requests.append({"payment_id": f"pay-{run}-o-{i}", "episode_id": ep, "commissioner_code": "QUE",
+                         "provider_code": OUTCOMES_PROVIDER, "service_type": "inpatient", "activity_date": activity.isoformat(),
+                         "amount_pence": 100_000})
+        submissions.append({"submission_id": f"s-{ep}", "episode_id": ep, "provider_code": OUTCOMES_PROVIDER,
+                            "nhs_number": synthetic_nhs_number(10_000 + i),
+                            "answers": {"instrument": "fft", "fft_answer": 5 if i < 10 else 1},
+                            "authored_at": (datetime(activity.year, activity.month, activity.day, 9, tzinfo=timezone.utc)
+                                            + timedelta(days=3, minutes=i)).isoformat()})
+    for i in range(25):  # each patient's pre-operative score months before, the post-operative one in the period
+        for timing, items, when in (("pre_op", [1] * 12, at - timedelta(days=120)), ("post_op", [3] * 12, at + timedelta(days=5))):
+            submissions.append({"submission_id": f"ohs-{timing}-{run}-{i}", "episode_id": f"op-{run}-{i}",
+                                "provider_code": OUTCOMES_PROVIDER, "nhs_number": synthetic_nhs_number(20_000 + i),
+                                "answers": {"instrument": "ohs", "items": items, "timing": timing,
+                                            "procedure": "primary_hip_replacement"},
+                                "authored_at": (when + timedelta(minutes=i)).isoformat()})
+    async with httpx.AsyncClient(timeout=60, headers=ALL) as http:
+        r = await http.post(f"{payments}/v1/payment-requests/batch", json=requests)
+        assert r.status_code == 200 and r.json()["rejected"] == 0, r.text
+        r = await http.post(f"{feedback}/v1/submissions/batch", json=submissions)
+        assert r.status_code == 200 and r.json()["rejected"] == 0, r.text
+        pay_db = await asyncpg.connect(stack.database_urls["payments"])
+        try:
+            async def arrived() -> bool:
+                fft = await pay_db.fetchval("SELECT count(*) FROM answers WHERE submission_id LIKE $1", f"s-ep-{run}-o-%")
+                proms = await pay_db.fetchval("SELECT count(*) FROM prom_outcomes WHERE submission_id LIKE $1",
+                                              f"ohs-post_op-{run}-%")
+                return fft == 40 and proms == 25
+
+            await eventually(arrived, timeout_s=120)
+            # Only the answer that completed a pair is kept, under the trust, with feedback's gain (36 - 12).
+            gains = await pay_db.fetch("SELECT DISTINCT provider_code, instrument, health_gain FROM prom_outcomes"
+                                       " WHERE submission_id LIKE $1", f"ohs-%-{run}-%")
+            assert [tuple(g) for g in gains] == [(OUTCOMES_PROVIDER, "ohs", 24)]
+        finally:
+            await pay_db.close()
+        [report] = [r for r in await settle(http, payments, {"period": period}) if r["provider_code"] == OUTCOMES_PROVIDER]
+        assert report["diverted_pence"] == 70_000 and report["released_pence"] == 40 * 10_000 - 70_000
+        bad = (await http.get(f"{payments}/v1/episodes/ep-{run}-o-0")).json()
+        step = ("signal: FFT 25.0% negative x 7000 bps, PROM 0.0% not improved (0 of 25 ohs pairs) x 3000 bps = 17.5%:"
+                " diversions scaled by 0.7000")
+        assert step in bad["decision"]["steps"] and bad["diverted_pence"] == 7_000

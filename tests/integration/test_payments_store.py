@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.payments import domain
+from services.payments import domain, judgement
 from services.payments.handlers import AcceptPayment, DecideAppeal, OpenAppeal, PaymentsHandlers, RunSettlement
 from services.payments.intake import Accepted
 from services.payments.schemes import Scheme, SchemeBook, Scope
@@ -125,11 +125,12 @@ async def pg_state(pool: asyncpg.Pool) -> dict[str, Any]:
                                         r["reason"], r["discrepancy"])
                      for r in await conn.fetch("SELECT * FROM ledger_transfers")}
         answers = {r["submission_id"] for r in await conn.fetch("SELECT submission_id FROM answers")}
+        proms = await PgPaymentsStore(conn).prom_outcomes(PERIOD)
         rows = await conn.fetch("SELECT topic, key, payload, headers::text AS headers FROM outbox ORDER BY id")
         for r in rows:  # kept byte for byte as encoded: the contract's own serialisation of itself
             assert _ENVELOPE.model_validate_json(r["payload"]).model_dump_json().encode() == r["payload"]
         outbox = [(r["topic"], r["key"], _event(r["payload"]), json.loads(r["headers"])) for r in rows]
-    return {"episodes": episodes, "transfers": transfers, "answers": answers, "outbox": _without_ids(outbox)}
+    return {"episodes": episodes, "transfers": transfers, "answers": answers, "outbox": _without_ids(outbox), "proms": proms}
 
 
 def fake_state(w: FakePayments) -> dict[str, Any]:
@@ -141,7 +142,8 @@ def fake_state(w: FakePayments) -> dict[str, Any]:
     transfers = {tid: (t["episode_id"], t["kind"], t["expected_status"], t["status"], t["entry_seq"], t["reason"],
                        t["discrepancy"]) for tid, t in s.transfers.items()}
     outbox = [(topic, key, _event(payload), json.loads(headers)) for topic, key, payload, headers in s.outbox]
-    return {"episodes": episodes, "transfers": transfers, "answers": set(s.answers), "outbox": _without_ids(outbox)}
+    return {"episodes": episodes, "transfers": transfers, "answers": set(s.answers), "outbox": _without_ids(outbox),
+            "proms": judgement.tally_proms(s.prom_outcomes.values(), PERIOD)}
 
 
 def _event(payload: bytes) -> dict[str, Any]:
@@ -163,6 +165,7 @@ async def test_the_postgresql_adapter_keeps_what_the_fake_keeps(pool: asyncpg.Po
     pg = pg_handlers(pool, hold_model=hold_model)
     fake = FakePayments(book=BOOK, ref=REF, hold_model=hold_model, today=TODAY)
     kinds: set[str] = set()
+    prom_trusts: set[str] = set()
     for seed in range(8):
         rng = random.Random(seed)
         run = f"{seed}{hold_model[0]}"
@@ -170,6 +173,11 @@ async def test_the_postgresql_adapter_keeps_what_the_fake_keeps(pool: asyncpg.Po
         cut = rng.randrange(len(commands) + 1)  # an earlier batch, then the rest as one
         answers = [answer(f"s{run}-{rng.randrange(12)}", f"e{run}-{rng.randrange(8)}",
                           rng.choice(["fft", "fft", "patient_power", "eq5d5l"])) for _ in range(rng.randrange(0, 20))]
+        # PROM answers that completed a pair (kept for [signals]), some at a site of the trust, some not.
+        answers += [answer(f"s{run}-p{rng.randrange(12)}", f"e{run}-{rng.randrange(8)}", rng.choice(["ohs", "oks", "eq5d5l"]),
+                           health_gain=rng.randrange(-10, 11), provider_code=rng.choice(["RJ1", "RTH", "RJ122"]))
+                    for _ in range(rng.randrange(0, 10))]
+        rng.shuffle(answers)
         for handlers in (pg, fake.handlers):
             first = await handlers.accept_payments(commands[:cut])
         got_pg = await pg.record_episode_events(commands[cut:], answers)
@@ -184,7 +192,9 @@ async def test_the_postgresql_adapter_keeps_what_the_fake_keeps(pool: asyncpg.Po
                   for t in rng.sample(sorted(state["transfers"]), min(10, len(state["transfers"])))] * 2
         assert await pg.record_ledger_answers(ledger) == await fake.handlers.record_ledger_answers(ledger), f"seed {seed}"
         assert await pg_state(pool) == fake_state(fake), f"seed {seed}"
+        prom_trusts |= {trust for trust, _ in fake_state(fake)["proms"]}
     assert kinds == {"created", "duplicate", "Conflict", "InputError"}
+    assert prom_trusts == {"RJ1", "RTH"}  # a site's pairs counted under its trust
     # The same batch again (a redelivery): all duplicates or the same rejections; nothing written.
     before = await pg_state(pool)
     again = await pg.accept_payments(commands[cut:])

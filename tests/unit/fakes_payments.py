@@ -43,6 +43,7 @@ class EpisodeRecord:
 class State:
     episodes: dict[str, EpisodeRecord] = field(default_factory=dict)  # by episode id
     answers: dict[str, FeedbackReceived] = field(default_factory=dict)  # by submission id
+    prom_outcomes: dict[str, judgement.PromOutcome] = field(default_factory=dict)  # by submission id
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # ledger_transfers, by transfer id
     outbox: list[Row] = field(default_factory=list)
     settlements: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -104,6 +105,11 @@ class FakePaymentsStore:
         self.s.outbox.extend(rows)
 
     # -- answers ------------------------------------------------------------------------------
+    async def insert_prom_outcomes(self, outcomes: Sequence[judgement.PromOutcome]) -> None:
+        self._call("insert_prom_outcomes")
+        for o in outcomes:
+            self.s.prom_outcomes.setdefault(o.submission_id, o)
+
     async def insert_answers(self, answers: Sequence[FeedbackReceived]) -> set[str]:
         self._call("insert_answers")
         new = set()
@@ -179,6 +185,10 @@ class FakePaymentsStore:
         answers = [domain.Answer(a.submission_id, a.episode_id, a.instrument, a.authored_at,  # type: ignore[arg-type]
                                  a.fft_answer, a.patient_choice) for a in self.s.answers.values()]
         return judgement.counts_from_records(episodes, answers, period, window_days)
+
+    async def prom_outcomes(self, period: str) -> dict[tuple[str, str], tuple[int, int]]:
+        self._call("prom_outcomes")
+        return judgement.tally_proms(self.s.prom_outcomes.values(), period)
 
     async def exemption_of(self, provider_code: str, period: str) -> judgement.Exemption | None:
         self._call("exemption_of")

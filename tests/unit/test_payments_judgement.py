@@ -6,6 +6,8 @@ exemption diverts nothing; held = released + diverted per episode, provider and 
 
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
@@ -502,14 +504,30 @@ def test_weighted_signal_combines_fft_and_prom() -> None:
     assert judgement.weighted_signal(Fraction(1, 5), Fraction(3, 5), fft_weight_bps=7_000, prom_weight_bps=3_000) == Fraction(26, 100)
     w = ordinary_month()
     s = scheme(signals=Signals(fft_weight_bps=7_000, prom_weight_bps=3_000))
-    ctx = JudgementContext(PERIOD, w.context(s).counts, prom_improved={"RJ1": (30, 50)})
+    plain = w.settle(PLAIN, "RJ1").diverted_pence
+    # Outcomes worse than experience (60% improved, 40% not): the combined signal is above the FFT
+    # share, and a PROM figure never adds to what the patients' own answers decided.
+    ctx = JudgementContext(PERIOD, w.context(s).counts, prom_improved={("RJ1", "ohs"): (30, 50)})
     verdict = judgement.judge(s, provider_code="RJ1", region_code="Y56", context=ctx)
     assert verdict.signal == Fraction(7, 10) * Fraction(7, 40) + Fraction(3, 10) * Fraction(2, 5)
-    assert verdict.diverts and verdict.casemix_factor == 1 and verdict.credit_bps == 0
+    assert verdict.diverts and verdict.casemix_factor == 1 and verdict.signal_factor == 1 and verdict.credit_bps == 0
     r = w.settle(s, "RJ1", context=ctx)
-    assert r.diverted_pence == w.settle(PLAIN, "RJ1").diverted_pence  # reported, not (yet) moving money
-    assert any(x.startswith("signal: FFT 17.5% negative x 7000 bps, PROM 40.0% not improved x 3000 bps = 24.2%")
-               for x in r.judgement_steps)
+    assert r.diverted_pence == plain
+    assert any(x.startswith("signal: FFT 17.5% negative x 7000 bps, PROM 40.0% not improved (20 of 50 eq5d5l/ohs/oks pairs)"
+                            " x 3000 bps = 24.2%: outcomes no better than experience") for x in r.judgement_steps)
+    # Good outcomes (48 of 50 improved) soften a poor experience month: scaled by combined / FFT share.
+    ctx = JudgementContext(PERIOD, w.context(s).counts, prom_improved={("RJ1", "ohs"): (40, 42), ("RJ1", "oks"): (8, 8)})
+    verdict = judgement.judge(s, provider_code="RJ1", region_code="Y56", context=ctx)
+    combined = Fraction(7, 10) * Fraction(7, 40) + Fraction(3, 10) * Fraction(2, 50)
+    assert verdict.signal == combined and verdict.signal_factor == combined / Fraction(7, 40) < 1
+    r = w.settle(s, "RJ1", context=ctx)
+    assert r.diverted_pence == math.floor(plain * combined / Fraction(7, 40)) < plain
+    assert any("diversions scaled by 0.7686" in x for x in r.judgement_steps)
+    # Too few pairs, or only instruments the scheme does not weigh: FFT only.
+    for few in ({("RJ1", "ohs"): (29, 29)}, {("RJ1", "eq5d5l"): (50, 50)}):
+        only = scheme(signals=Signals(fft_weight_bps=7_000, prom_weight_bps=3_000, prom_instruments=("ohs", "oks")))
+        ctx = JudgementContext(PERIOD, w.context(only).counts, prom_improved=few)
+        assert w.settle(only, "RJ1", context=ctx).diverted_pence == plain
     with pytest.raises(ValidationError):
         Signals(fft_weight_bps=5_000, prom_weight_bps=0)
 
@@ -693,3 +711,20 @@ async def test_an_exempted_provider_period_diverts_nothing_and_says_why() -> Non
     assert any("exempted for extraordinary circumstances by national-director" in s and "cyber attack" in s for s in steps)
     with pytest.raises(Refused, match="has settled"):
         await fake.handlers.exempt(provider_code="RRV", period=PERIOD, reason="too late", exempted_by="d")
+
+
+@given(st.integers(0, 200), st.integers(1, 200), st.integers(0, 200), st.integers(0, 200), st.integers(0, 10_000))
+def test_outcomes_only_ever_soften_the_diversions(bad: int, n: int, improved: int, pairs: int, prom_bps: int) -> None:
+    """signal_factor is in [0, 1]; it is 1 without a PROM weight; better outcomes never scale less."""
+    fft = Fraction(min(bad, n), n)
+    improved = min(improved, pairs)
+    share = Fraction(improved, pairs) if pairs else None
+    combined = judgement.weighted_signal(fft, share, fft_weight_bps=10_000 - prom_bps, prom_weight_bps=prom_bps)
+    factor = judgement.signal_factor(fft, combined)
+    assert 0 <= factor <= 1
+    if prom_bps == 0 or share is None:
+        assert factor == 1
+    if share is not None and improved < pairs:  # one more patient improved: never a larger factor
+        better = judgement.weighted_signal(fft, Fraction(improved + 1, pairs), fft_weight_bps=10_000 - prom_bps,
+                                           prom_weight_bps=prom_bps)
+        assert judgement.signal_factor(fft, better) <= factor

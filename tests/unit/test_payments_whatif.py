@@ -82,3 +82,34 @@ def test_unknown_codes_and_conflicts_are_reported(tmp_path: Path) -> None:
     s = json.loads(out)
     assert any("ZZZ" in r for r in s["rejected"])
     assert any(first_payment["data"]["payment_id"] in c for c in s["conflicts"])
+
+
+def test_the_replay_weighs_prom_outcomes_as_the_service_does() -> None:
+    """The what-if reads PROM pair completions from the same feedback events (judgement.prom_from_records):
+    a month of 40 episodes, 10 answered Very poor; 25 improved hip pairs completed in the month at one of
+    the trust's sites. Weighted 70/30, the diversions are scaled by 17.5% / 25% = 0.7."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from services.payments.schemes import SchemeBook, parse_scheme
+    from shared.contracts import FeedbackReceived, PaymentRequested
+    from shared.reference import load_reference
+
+    base = ('scheme_id = "w-outcomes"\ntitle = "W"\nversion = 1\neffective_from = 2020-01-01\nat_risk_bps = 1000\n'
+            'min_responses_per_period = 0\ncap_bps = 1000\n')
+    signals = '[signals]\nfft_weight_bps = 7000\nprom_weight_bps = 3000\nmin_prom_pairs = 20\n'
+    activity, at = date(2026, 3, 10), datetime(2026, 3, 12, 9, tzinfo=timezone.utc)
+    pays = [PaymentRequested(payment_id=f"p{i}", episode_id=f"e{i}", commissioner_code="QWE", provider_code="RJ1",
+                             service_type="inpatient", activity_date=activity, amount_pence=100_000) for i in range(40)]
+    fb = [FeedbackReceived(submission_id=f"s{i}", episode_id=f"e{i}", provider_code="RJ1", patient_pseudonym="a" * 64,
+                           instrument="fft", fft_answer=5 if i < 10 else 1, authored_at=at + timedelta(minutes=i)) for i in range(40)]
+    proms = [FeedbackReceived(submission_id=f"o{i}", episode_id=f"op{i}", provider_code="RJ122", patient_pseudonym="b" * 64,
+                              instrument="ohs", timing="post_op", procedure="primary_hip_replacement", prom_score=36,
+                              health_gain=24, authored_at=at + timedelta(days=1, minutes=i)) for i in range(25)]
+    ref = load_reference()
+    plain = whatif.replay(pays, fb + proms, SchemeBook([parse_scheme(base)]), ref)
+    weighed = whatif.replay(pays, fb + proms, SchemeBook([parse_scheme(base + signals)]), ref)
+    without = whatif.replay(pays, fb, SchemeBook([parse_scheme(base + signals)]), ref)
+    [p], [w], [n] = plain.reports, weighed.reports, without.reports
+    assert (p.diverted_pence, w.diverted_pence, n.diverted_pence) == (100_000, 70_000, 100_000)
+    assert any("diversions scaled by 0.7000" in step for step in w.judgement_steps)
+    assert any("0 PROM pairs" in step and "FFT only" in step for step in n.judgement_steps)
