@@ -6,11 +6,14 @@ figures reflect the corrections. Without ``[review]`` nothing changes (the other
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.payments import judgement, review
 from services.payments.domain import InputError, NotFound, Refused
@@ -197,3 +200,51 @@ async def test_a_statement_whose_scheme_is_gone_is_skipped_and_the_others_finali
     w.handlers.book = SchemeBook([])
     assert await w.handlers.finalise_due(run_by="scheduler", correlation_id="f") == []
     assert w.state.statements[SID]["status"] == "provisional" and not w.state.settlements
+
+
+def _month(answers: list[int | None], amounts: list[int]) -> tuple[list[AcceptPayment], list[FeedbackReceived]]:
+    payments = [AcceptPayment(PaymentRequested.model_validate({**req(n).model_dump(), "amount_pence": amounts[n]}), "c")
+                for n in range(len(answers))]
+    feedback = [FeedbackReceived.model_validate({**very_poor(n).model_dump(), "fft_answer": a})
+                for n, a in enumerate(answers) if a is not None]
+    return payments, feedback
+
+
+def _money(w: FakePayments) -> tuple[Any, ...]:
+    """What moved and what the episodes say: transfer requests as sent (ids, legs, cause) and each
+    episode's figures and explanation."""
+    sent = sorted(json.dumps({k: v for k, v in json.loads(r[2])["data"].items()}, sort_keys=True)
+                  for r in w.state.outbox if r[0] == "ledger.transfer-requests.v1")
+    episodes = {eid: (e.status, e.released_pence, e.diverted_pence, json.dumps(e.decision, sort_keys=True))
+                for eid, e in w.state.episodes.items()}
+    return tuple(sent), episodes
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(1, 6)), min_size=1, max_size=25), st.data(), st.booleans())
+def test_provisional_then_final_without_corrections_equals_settling_at_once(answers: list[int | None], data: st.DataObject,
+                                                                           accept_early: bool) -> None:
+    amounts = [data.draw(st.integers(10_000, 10_000_000)) for _ in answers]
+    payments, feedback = _month(answers, amounts)
+    at_once = Scheme.model_validate({**REVIEWED.model_dump(), "review": None})
+
+    async def scenario() -> tuple[Any, Any, Any, Any]:
+        reviewed, direct = world(), FakePayments(book=SchemeBook([at_once]), ref=REF, today=TODAY)
+        for w in (reviewed, direct):
+            await w.handlers.accept_payments(payments)
+            await w.handlers.record_answers(feedback)
+        [one_step] = await direct.handlers.run_settlement(RunSettlement(period=PERIOD, run_by="finance@nhs", correlation_id="r"))
+        assert await reviewed.handlers.run_settlement(RunSettlement(period=PERIOD, run_by="finance@nhs", correlation_id="r")) == []
+        if accept_early:
+            await reviewed.handlers.accept_statement(SID, accepted_by="trust.finance@rj1")
+            [final] = await reviewed.handlers.finalise_due(run_by="finance@nhs", correlation_id="r")
+        else:
+            reviewed.advance(days=14)
+            [final] = await reviewed.handlers.run_settlement(RunSettlement(period=PERIOD, run_by="finance@nhs", correlation_id="r"))
+        return one_step, final, _money(direct), _money(reviewed)
+
+    one_step, final, direct_money, reviewed_money = asyncio.run(scenario())
+    figures = ("billed_pence", "held_pence", "released_pence", "diverted_pence", "responses", "episodes", "cap_applied",
+               "min_sample_applied", "settlement_id")
+    assert {k: final[k] for k in figures} == {k: one_step[k] for k in figures}
+    assert reviewed_money == direct_money  # the same transfers, byte for byte, and the same explanations
