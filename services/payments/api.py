@@ -249,7 +249,9 @@ class JobProgress(BaseModel):
 
 
 class JobCounts(BaseModel):
-    reports: int = Field(description="Settlement reports written (units that had episodes held)")
+    reports: int = Field(description="Settlement reports written (units that had episodes held and moved money)")
+    provisional_statements: int = Field(0, description="Provisional statements written (scheme [review]): figures"
+                                                       " published for review, no money moved yet")
     episodes: int
     held_pence: int
     released_pence: int
@@ -261,6 +263,8 @@ class JobUnit(BaseModel):
     scheme_version: int
     state: Literal["pending", "done", "failed"]
     settlement_id: str | None = None
+    statement_id: str | None = Field(None, description="The provisional statement this unit wrote, or the one it"
+                                                       " finalised (GET /v1/statements/{id})")
     episodes: int | None = None
     error: str | None = None
     done_at: datetime | None = None

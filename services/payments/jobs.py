@@ -88,7 +88,7 @@ class NewJob:
 _JOB_COLUMNS = ("job_id, period, provider_code, region_code, allowed_providers, trigger, requested_by, requested_at,"
                 " correlation_id, state, started_at, finished_at, owner, heartbeat_at, attempts, units_total, units_done,"
                 " units_failed, reports, episodes, held_pence, released_pence, diverted_pence, cancel_requested_by,"
-                " cancel_requested_at, error")
+                " cancel_requested_at, error, provisional_statements")
 
 
 class PgJobsStore(PgPaymentsStore):
@@ -146,21 +146,24 @@ class PgJobsStore(PgPaymentsStore):
             " AND scheme_version = $4 FOR UPDATE", job_id, unit.provider_code, unit.scheme_id, unit.scheme_version)
 
     async def finish_unit(self, job_id: uuid.UUID, unit: Unit, summary: dict[str, Any] | None, error: str | None,
-                          now: datetime) -> None:
+                          now: datetime, *, statement_id: str | None = None, wrote_statement: bool = False) -> None:
+        """Record a unit done (its settlement ``summary``; or ``statement_id``: the provisional statement
+        it wrote now, ``wrote_statement``, or whose window it waits on, moving nothing) or failed (``error``)."""
         s = summary or {}
         await self.conn.execute(
             "UPDATE settlement_job_units SET state = $5, settlement_id = $6, episodes = $7, held_pence = $8, released_pence = $9,"
-            " diverted_pence = $10, error = $11, done_at = $12"
+            " diverted_pence = $10, error = $11, done_at = $12, statement_id = $13"
             " WHERE job_id = $1 AND provider_code = $2 AND scheme_id = $3 AND scheme_version = $4",
             job_id, unit.provider_code, unit.scheme_id, unit.scheme_version, "failed" if error else "done",
             s.get("settlement_id"), s.get("episodes"), s.get("held_pence"), s.get("released_pence"), s.get("diverted_pence"),
-            error, now)
+            error, now, s.get("statement_id", statement_id))
         await self.conn.execute(
             "UPDATE settlement_jobs SET units_done = units_done + $2, units_failed = units_failed + $3, reports = reports + $4,"
             " episodes = episodes + $5, held_pence = held_pence + $6, released_pence = released_pence + $7,"
-            " diverted_pence = diverted_pence + $8, heartbeat_at = $9 WHERE job_id = $1",
+            " diverted_pence = diverted_pence + $8, heartbeat_at = $9, provisional_statements = provisional_statements + $10"
+            " WHERE job_id = $1",
             job_id, 0 if error else 1, 1 if error else 0, 1 if summary else 0, s.get("episodes", 0), s.get("held_pence", 0),
-            s.get("released_pence", 0), s.get("diverted_pence", 0), now)
+            s.get("released_pence", 0), s.get("diverted_pence", 0), now, 1 if wrote_statement else 0)
 
     async def finish_job(self, job_id: uuid.UUID, state: str, now: datetime, error: str | None = None) -> None:
         await self.conn.execute("UPDATE settlement_jobs SET state = $2, finished_at = $3, error = $4, owner = NULL"
@@ -201,8 +204,8 @@ async def job_view(conn: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any
     if job is None:
         return None
     units = await conn.fetch(
-        "SELECT provider_code, scheme_id, scheme_version, state, settlement_id, episodes, held_pence, released_pence,"
-        " diverted_pence, error, done_at FROM settlement_job_units WHERE job_id = $1 ORDER BY provider_code, scheme_id,"
+        "SELECT provider_code, scheme_id, scheme_version, state, settlement_id, statement_id, episodes, held_pence,"
+        " released_pence, diverted_pence, error, done_at FROM settlement_job_units WHERE job_id = $1 ORDER BY provider_code, scheme_id,"
         " scheme_version", job_id)
     return _view(dict(job), [dict(u) for u in units])
 
@@ -219,8 +222,8 @@ def _view(job: dict[str, Any], units: list[dict[str, Any]] | None) -> dict[str, 
     for u in units or []:
         p = providers.setdefault(u["provider_code"], {"provider_code": u["provider_code"], "state": "done", "units": [],
                                                       "episodes": 0, "released_pence": 0, "diverted_pence": 0})
-        p["units"].append({k: u[k] for k in ("scheme_id", "scheme_version", "state", "settlement_id", "episodes", "error",
-                                             "done_at")})
+        p["units"].append({k: u[k] for k in ("scheme_id", "scheme_version", "state", "settlement_id", "statement_id",
+                                             "episodes", "error", "done_at")})
         p["episodes"] += u["episodes"] or 0
         p["released_pence"] += u["released_pence"] or 0
         p["diverted_pence"] += u["diverted_pence"] or 0
@@ -237,7 +240,8 @@ def _view(job: dict[str, Any], units: list[dict[str, Any]] | None) -> dict[str, 
                      "providers_total": len(providers) if units is not None else None,
                      "providers_done": done_providers if units is not None else None},
         "counts": {"reports": job["reports"], "episodes": job["episodes"], "held_pence": job["held_pence"],
-                   "released_pence": job["released_pence"], "diverted_pence": job["diverted_pence"]},
+                   "released_pence": job["released_pence"], "diverted_pence": job["diverted_pence"],
+                   "provisional_statements": job["provisional_statements"]},
         "errors": [{"provider_code": p["provider_code"], **u} for p in providers.values() for u in p["units"] if u["error"]]
                   + ([{"error": job["error"]}] if job["error"] else []),
         "cancelled_by": job["cancel_requested_by"],
@@ -372,7 +376,12 @@ class JobRunner:
             return "failed", None
         with metrics.SETTLEMENT_SECONDS.time():
             summary = await settle_unit(tx, unit, scheme, cmd, now=now)
-        await tx.finish_unit(job_id, unit, summary, None, now)
+        statement_id, wrote = None, False
+        if summary is None and scheme.review is not None:  # in review: the job shows the statement it wrote or waits on
+            statement = await tx.statement_of_unit(unit, cmd.period)
+            if statement is not None and statement.status == "provisional":
+                statement_id, wrote = statement.statement_id, statement.created_at == now
+        await tx.finish_unit(job_id, unit, summary, None, now, statement_id=statement_id, wrote_statement=wrote)
         return "done", summary
 
     async def _refresh_gauges(self) -> None:

@@ -58,6 +58,11 @@ async def test_a_statement_is_provisional_then_final_with_its_corrections(paymen
                                " VALUES ($1, $2, 'RJ1', 'fft', 5, $3)", f"s-{run}-{n}", f"ep-{run}-{n}", AUTHORED)
         admin = bearer_headers(["schemes:admin"], subject="trial.finance@nhs")
         assert await settle(payments, "", {"period": PERIOD}, headers=admin) == []  # no money moved: no report
+        [job] = (await payments.get("/v1/settlements/jobs", params={"period": PERIOD}, headers=admin)).json()["items"]
+        job = (await payments.get(f"/v1/settlements/jobs/{job['job_id']}", headers=admin)).json()
+        assert job["counts"]["reports"] == 0 and job["counts"]["provisional_statements"] == 1  # the job shows what it wrote
+        [unit] = [u for p in job["providers"] for u in p["units"]]
+        assert unit["statement_id"] == SID and unit["settlement_id"] is None
         assert await conn.fetchval("SELECT count(*) FROM settlements") == 0
         assert await conn.fetchval("SELECT count(*) FROM episodes WHERE status = 'held'") == 2
         transfers_before = await conn.fetchval("SELECT count(*) FROM ledger_transfers")
