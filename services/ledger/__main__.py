@@ -15,7 +15,7 @@ import sys
 
 from services.ledger.settings import LedgerSettings
 from shared.logging import configure_logging
-from shared.process import tune_process
+from shared.entrypoint import serve_or_relay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,23 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(signer.public_pem.decode())
         print(f"key id {signer.key_id}", file=sys.stderr)
         return 0
-    configure_logging("ledger", settings.log_level)
     if args.command == "verify":
+        configure_logging("ledger", settings.log_level)
         return asyncio.run(_verify(settings))
-    if args.command == "relay":
-        from shared.outbox import run_relay
-
-        tune_process(settings)
-        asyncio.run(run_relay(settings))
-        return 0
-    import uvicorn
-
-    from services.ledger.app import create_app
-
-    app = create_app(settings)
-    tune_process(settings)  # after start-up objects exist, so gc.freeze() keeps them
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
-    return 0
+    return serve_or_relay(settings, args.command, "services.ledger.app:create_app")
 
 
 def _verify_statement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

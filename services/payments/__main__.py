@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 
 from services.payments.settings import PaymentsSettings
-from shared.logging import configure_logging
-from shared.process import tune_process
+from shared.entrypoint import service_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.payments")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "relay"])
-    args = parser.parse_args(argv)
-    settings = PaymentsSettings()
-    configure_logging("payments", settings.log_level)
-    if args.command == "relay":
-        from shared.outbox import run_relay
-
-        tune_process(settings)
-        asyncio.run(run_relay(settings))
-        return 0
-    import uvicorn
-
-    from services.payments.app import create_app
-
-    app = create_app(settings)
-    tune_process(settings)  # after start-up objects exist, so gc.freeze() keeps them
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
-    return 0
+    return service_main("payments", PaymentsSettings, argv)
 
 
 if __name__ == "__main__":
