@@ -425,8 +425,12 @@ class AppealDecision(BaseModel):
 
 
 def _refused(exc: Exception) -> Problem:
+    """An appeal step refused: 404 no such appeal, 403 separation of duties (the token's subject may
+    not take this step), 409 not now."""
     if isinstance(exc, domain.NotFound):
         return Problem(404, "Not found", str(exc))
+    if isinstance(exc, domain.SameActor):
+        return Problem(403, "Forbidden", str(exc), errors=[{"field": "(token)", "message": str(exc)}])
     return Problem(409, "Not allowed now", str(exc), errors=[{"field": "(episode)", "message": str(exc)}])
 
 
@@ -464,9 +468,7 @@ async def decide_appeal(request: Request, episode_id: EpisodeId, body: AppealDec
         appeal, _changed = await _handlers(request).decide_appeal(
             DecideAppeal(episode_id=episode_id, outcome=body.outcome, decided_by=_actor(request), reason=body.reason,
                          correlation_id=_cid()))
-    except domain.SameActor as exc:
-        raise Problem(403, "Forbidden", str(exc), errors=[{"field": "(token)", "message": str(exc)}]) from exc
-    except (domain.NotFound, domain.Refused) as exc:
+    except (domain.NotFound, domain.Refused, domain.SameActor) as exc:
         raise _refused(exc) from exc
     return appeal
 
@@ -501,9 +503,7 @@ async def decide_review(request: Request, episode_id: EpisodeId, body: AppealDec
         appeal, _changed = await _handlers(request).decide_review(
             DecideReview(episode_id=episode_id, outcome=body.outcome, decided_by=_actor(request), reason=body.reason,
                          correlation_id=_cid()))
-    except domain.SameActor as exc:
-        raise Problem(403, "Forbidden", str(exc), errors=[{"field": "(token)", "message": str(exc)}]) from exc
-    except (domain.NotFound, domain.Refused) as exc:
+    except (domain.NotFound, domain.Refused, domain.SameActor) as exc:
         raise _refused(exc) from exc
     return appeal
 
