@@ -148,6 +148,9 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
             return tb if not held and not pending and tb["accounts"] else None
 
         tb = await wait_until(settled)
+        grant = await grant_step(http, stack, tb, out)
+        if grant:
+            tb = await wait_until(settled)  # the grant's payments, in the books
         auditor = bearer_headers(["ledger:audit"], subject="national-audit")
         verify = (await http.get(f"{ledger_url}/v1/verify", headers=auditor)).json()
         london = bearer_headers(["ledger:read"], subject="london-finance-team", regions=["Y56"])
@@ -185,6 +188,57 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
         f" the London finance team's token sees funds {london_funds}; a London token paying a Newcastle trust ->"
         f" HTTP {cross_region}")
     return {"total_pence": tb["total_pence"], "verified": int(verify["ok"])}
+
+
+async def grant_step(http: httpx.AsyncClient, stack: Stack, tb: dict[str, Any], out=print) -> str | None:  # type: ignore[no-untyped-def]
+    """4. The London fund spends some of what it received: a fund manager proposes a grant to a
+    London trust, approving it herself is refused, a second person approves (the ledger reserves
+    it), a programme manager records the first milestone met (paid fund -> provider; the proposer
+    may not) and cancels the rest (released to the fund).
+    The grant id, or None when the fund received nothing this month."""
+    funds_url = stack.url("funds")
+    fund = next((a for a in tb["accounts"] if a["account_id"] == "fund:Y56"), None)
+    if fund is None or fund["posted_pence"] < 200:
+        out("4. the London fund received nothing this month: no grant")
+        return None
+    maker = bearer_headers(["funds:propose", "funds:read", "funds:manage"], subject="fund.manager@london", regions=["Y56"])
+    checker = bearer_headers(["funds:approve", "funds:read"], subject="fund.approver@london", regions=["Y56"])
+    manager = bearer_headers(["funds:manage", "funds:read"], subject="programme.manager@london", regions=["Y56"])
+    today = date.today()
+    start = today - timedelta(days=today.weekday() + 7 * 8)
+    half = fund["posted_pence"] // 4
+    grant_id = f"demo-discharge-{today:%Y%m%d}"
+    body = {"grant_id": grant_id, "region_code": "Y56", "title": "Better discharge information",
+            "aim": "Fewer patients say their discharge was poorly explained",
+            "measure": {"kind": "fft_positive", "interval": "week", "baseline_from": (start - timedelta(weeks=12)).isoformat(),
+                        "baseline_to": (start - timedelta(days=1)).isoformat()},
+            "start_date": start.isoformat(), "end_date": (today + timedelta(days=200)).isoformat(), "amount_pence": 2 * half,
+            "milestones": [{"title": f"milestone {n}", "provider_code": "RJ1", "amount_pence": half,
+                            "due_date": (today + timedelta(days=30 * n)).isoformat()} for n in (1, 2)]}
+    out(f"4. the London fund ({format_pence(fund['posted_pence'])} received) proposes a grant of {format_pence(2 * half)} to RJ1")
+    (await http.post(f"{funds_url}/v1/grants", json=body, headers=maker)).raise_for_status()
+    own = bearer_headers(["funds:approve"], subject="fund.manager@london", regions=["Y56"])
+    self_approval = (await http.post(f"{funds_url}/v1/grants/{grant_id}/decision", headers=own,
+                                     json={"outcome": "approved", "reason": "mine"})).status_code
+    (await http.post(f"{funds_url}/v1/grants/{grant_id}/decision", headers=checker,
+                     json={"outcome": "approved", "reason": "a clear plan"})).raise_for_status()
+
+    async def status_is(*wanted: str) -> dict[str, Any] | None:
+        g = (await http.get(f"{funds_url}/v1/grants/{grant_id}", headers=maker)).json()
+        busy = any(m["status"] in ("reserving", "paying", "releasing") for m in g["milestones"])
+        return g if g["status"] in wanted and not busy else None
+
+    await wait_until(lambda: status_is("reserved"))
+    (await http.post(f"{funds_url}/v1/grants/{grant_id}/milestones/1/met", headers=manager,
+                     json={"note": "leaflet and ward rounds in place"})).raise_for_status()
+    await wait_until(lambda: status_is("reserved"))
+    (await http.post(f"{funds_url}/v1/grants/{grant_id}/cancel", headers=manager,
+                     json={"reason": "the second phase is funded elsewhere"})).raise_for_status()
+    g = await wait_until(lambda: status_is("cancelled"))
+    out(f"   self-approval -> HTTP {self_approval}; approved by a second person; milestone 1 paid"
+        f" {format_pence(g['money']['paid_pence'])} fund -> RJ1; the rest cancelled and released"
+        f" ({format_pence(g['money']['released_pence'])})")
+    return grant_id
 
 
 async def demo(work_dir: Path | None) -> int:
