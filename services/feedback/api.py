@@ -406,7 +406,9 @@ async def prom_report(
     async with request.app.state.runtime.pool.acquire() as conn:
         rows = await queries.prom_pairs(conn, procedure)
     rows = [r for r in rows if _visible(request, r[0])]
-    groups = domain.prom_report(rows, n)
+    value_set = request.app.state.eq5d_value_set
+    groups = domain.prom_report(rows, n, value_set)
     rule = (f"Each patient's first pre_op and first post_op answer per instrument and procedure; health gain = post − pre "
-            f"(Oxford total 0-48, EQ VAS 0-100; higher is better). Groups with fewer than {n} pairs show no averages.")
+            f"(Oxford total 0-48, EQ VAS 0-100; higher is better); pct_improved: pairs with a gain above 0. "
+            + domain.prom_index_rule(value_set) + f" Groups with fewer than {n} pairs show no averages.")
     return PromReport(procedure=procedure, min_count=n, rule=rule, groups=groups)

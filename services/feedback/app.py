@@ -30,4 +30,5 @@ def create_app(settings: FeedbackSettings | None = None) -> FastAPI:
     accept = AcceptSubmissions(PgUnitOfWork(lambda: runtime.pool, FeedbackTx), settings.keyring())
     consumer.register(runtime, settings, accept)
     app.state.accept_submissions = accept
+    app.state.eq5d_value_set = settings.eq5d_value_set()  # a bad file stops the start, naming the field
     return app

@@ -10,8 +10,10 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Literal, Union
 
 import nhs_number
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from shared.contracts import ExternalId, FftAnswer, OdsCode, PatientChoice, ServiceType
 from shared.reference import ReferenceData
+from shared.stats.eq5d import ValueSet
 from shared.tracing import nhs_check_digit_ok
 
 MAX_FREE_TEXT_CHARS = 2000
@@ -307,30 +310,53 @@ class PromGroup:
     avg_post: float | None
     avg_health_gain: float | None
     suppressed: bool
+    pct_improved: float | None = None  # pairs with a health gain above 0, % to 1 dp
+    avg_index_gain: float | None = None  # EQ-5D-5L: mean index(post) - index(pre) under value_set, 3 dp
+    value_set: str | None = None  # "<id>@<version>" of the value set behind avg_index_gain
 
 
-def prom_report(rows: list[tuple[str, str, str, int, int]], min_count: int) -> list[PromGroup]:
-    """Average health gain per (provider, instrument, procedure) from (provider, instrument, procedure, pre, post).
+def prom_report(rows: Sequence[tuple], min_count: int, value_set: "ValueSet | None" = None) -> list[PromGroup]:
+    """Per (provider, instrument, procedure) from rows (provider, instrument, procedure, pre, post[,
+    pre profile, post profile]): average pre, post and health gain, the % of pairs that improved
+    (gain above 0) and, for EQ-5D-5L pairs with both health states and a value set, the average
+    index gain under it.
 
-    Groups with fewer than ``min_count`` pairs are suppressed: the count is shown, the averages
-    are not. Averages are rounded to one decimal place (half away from zero).
+    Groups with fewer than ``min_count`` pairs are suppressed: the count is shown, nothing else.
+    Averages are rounded to one decimal place (half away from zero), the index gain to three.
     """
     if min_count < 1:
         raise ValueError("min_count must be at least 1")
-    groups: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
-    for provider, instrument, procedure, pre, post in rows:
-        groups.setdefault((provider, instrument, procedure), []).append((pre, post))
+    groups: dict[tuple[str, str, str], list[tuple]] = {}
+    for row in rows:
+        provider, instrument, procedure, pre, post = row[:5]
+        profiles = tuple(row[5:7]) if len(row) >= 7 else (None, None)
+        groups.setdefault((provider, instrument, procedure), []).append((pre, post, *profiles))
     out = []
     for (provider, instrument, procedure), scores_ in sorted(groups.items()):
         n = len(scores_)
         if n < min_count:
             out.append(PromGroup(provider, instrument, procedure, n, None, None, None, True))
             continue
-        pre_sum = sum(p for p, _ in scores_)
-        post_sum = sum(q for _, q in scores_)
+        pre_sum = sum(x[0] for x in scores_)
+        post_sum = sum(x[1] for x in scores_)
+        improved = sum(1 for x in scores_ if x[1] > x[0])
+        index_gain, key = None, None
+        if value_set is not None and instrument == "eq5d5l":
+            key = value_set.key
+            gains = [value_set.index(b) - value_set.index(a) for _, _, a, b in scores_ if a and b]
+            if gains:
+                index_gain = float((sum(gains) / len(gains)).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
         out.append(PromGroup(provider, instrument, procedure, n, _avg(pre_sum, n), _avg(post_sum, n),
-                             _avg(post_sum - pre_sum, n), False))
+                             _avg(post_sum - pre_sum, n), False, _avg(improved * 100, n), index_gain, key))
     return out
+
+
+def prom_index_rule(value_set: ValueSet | None) -> str:
+    """How a PROM report's index gain was computed, for its ``rule`` text."""
+    if value_set is None:
+        return "No EQ-5D-5L value set is configured: no index gain."
+    return (f"EQ-5D-5L avg_index_gain: mean of index(post state) − index(pre state) under value set {value_set.key}"
+            f" ({value_set.country}; {value_set.source}).")
 
 
 def _avg(total: int, n: int) -> float:

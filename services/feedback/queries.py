@@ -42,11 +42,13 @@ async def fft_counts(conn: asyncpg.Connection, period: str) -> dict[str, dict[Ff
     return out
 
 
-async def prom_pairs(conn: asyncpg.Connection, procedure: str | None) -> list[tuple[str, str, str, int, int]]:
-    """(provider, instrument, procedure, pre score, post score) of every stored pair, optionally of one procedure."""
+async def prom_pairs(conn: asyncpg.Connection, procedure: str | None) -> list[tuple]:
+    """(provider, instrument, procedure, pre score, post score, pre profile, post profile) of every
+    stored pair, optionally of one procedure (profiles: EQ-5D-5L only)."""
     rows = await conn.fetch(
-        "SELECT provider_code, instrument, procedure, pre_score, post_score FROM prom_pairs"
+        "SELECT provider_code, instrument, procedure, pre_score, post_score, pre_profile, post_profile FROM prom_pairs"
         " WHERE $1::text IS NULL OR procedure = $1",
         procedure,
     )
-    return [(r["provider_code"], r["instrument"], r["procedure"], r["pre_score"], r["post_score"]) for r in rows]
+    return [(r["provider_code"], r["instrument"], r["procedure"], r["pre_score"], r["post_score"], r["pre_profile"],
+             r["post_profile"]) for r in rows]

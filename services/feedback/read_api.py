@@ -312,7 +312,9 @@ async def prom_publication(
     async with request.app.state.runtime.pool.acquire() as conn:
         rows = await rm.prom_pairs_in(conn, p.start, p.end)
     reach = _reach(request)
-    groups = domain.prom_report([r for r in rows if reach.sees_provider(r[0])], n)
+    value_set = request.app.state.eq5d_value_set
+    groups = domain.prom_report([r for r in rows if reach.sees_provider(r[0])], n, value_set)
     rule = (f"Pairs whose post-operative answer was authored in {p.code} (UTC); health gain = post − pre (Oxford total"
-            f" 0-48, EQ VAS 0-100; higher is better). Groups with fewer than {n} pairs show the count, not the averages.")
+            f" 0-48, EQ VAS 0-100; higher is better); pct_improved: pairs with a gain above 0. {domain.prom_index_rule(value_set)}"
+            f" Groups with fewer than {n} pairs show the count, not the averages.")
     return PromPublication(period=p.code, min_count=n, rule=rule, groups=groups)

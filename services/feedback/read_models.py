@@ -208,15 +208,17 @@ async def fft_month_bounds(conn: asyncpg.Connection, provider_codes: Sequence[st
     return as_month(first), as_month(latest)
 
 
-async def prom_pairs_in(conn: asyncpg.Connection, start: date, end: date) -> list[tuple[str, str, str, int, int]]:
-    """(provider, instrument, procedure, pre, post) of PROM pairs completed in [start, end): the
-    post-operative answer authored in the window (its provider is the pair's)."""
+async def prom_pairs_in(conn: asyncpg.Connection, start: date, end: date) -> list[tuple]:
+    """(provider, instrument, procedure, pre, post, pre profile, post profile) of PROM pairs completed
+    in [start, end): the post-operative answer authored in the window (its provider is the pair's)."""
     lo, hi = utc_bounds(start, end)
     rows = await conn.fetch(
-        "SELECT p.provider_code, p.instrument, p.procedure, p.pre_score, p.post_score FROM prom_pairs p"
+        "SELECT p.provider_code, p.instrument, p.procedure, p.pre_score, p.post_score, p.pre_profile, p.post_profile"
+        " FROM prom_pairs p"
         " JOIN submissions s ON s.submission_id = p.post_submission_id WHERE s.authored_at >= $1 AND s.authored_at < $2",
         lo, hi)
-    return [(r["provider_code"], r["instrument"], r["procedure"], r["pre_score"], r["post_score"]) for r in rows]
+    return [(r["provider_code"], r["instrument"], r["procedure"], r["pre_score"], r["post_score"], r["pre_profile"],
+             r["post_profile"]) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings, _aliases, settings_config
+from shared.stats.eq5d import ValueSet, load_value_set
 
 if TYPE_CHECKING:
     from services.feedback.domain import Keyring
@@ -44,6 +46,13 @@ class FeedbackSettings(ServiceSettings):
     # may ask for a higher minimum, never a lower one than prom_min_count_floor.
     prom_min_count: int = Field(default=30, ge=1, le=10_000)
     prom_min_count_floor: int = Field(default=5, ge=1, le=10_000)
+    # An EQ-5D-5L value set (TOML, shared/stats/eq5d.py): the PROM reports then give each EQ-5D-5L
+    # group's average index gain under it. Unset: no index (none ships: README "EQ-5D-5L index").
+    eq5d_value_set_file: Path | None = None
+
+    def eq5d_value_set(self) -> "ValueSet | None":
+        """The configured value set, loaded and checked (a bad file stops the start with the reason)."""
+        return None if self.eq5d_value_set_file is None else load_value_set(self.eq5d_value_set_file)
 
     # The plausible authored_at of a submission: at most this many days old, and no later than
     # now plus the clock skew allowed between an app backend and this service.

@@ -53,9 +53,9 @@ _INSERT_SUBMISSIONS = (
 )
 _INSERT_PAIRS = (
     "INSERT INTO prom_pairs(pre_submission_id, post_submission_id, patient_pseudonym, provider_code, instrument,"
-    " procedure, pre_score, post_score, health_gain)"
+    " procedure, pre_score, post_score, health_gain, pre_profile, post_profile)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],"
-    " $9::int[]) ON CONFLICT DO NOTHING"
+    " $9::int[], $10::text[], $11::text[]) ON CONFLICT DO NOTHING"
 )
 
 
@@ -128,6 +128,7 @@ class FeedbackTx:
             [p.pre_submission_id for p in pairs], [p.post_submission_id for p in pairs], [p.patient_pseudonym for p in pairs],
             [p.provider_code for p in pairs], [p.pair.instrument for p in pairs], [p.pair.procedure for p in pairs],
             [p.pair.pre_score for p in pairs], [p.pair.post_score for p in pairs], [p.pair.health_gain for p in pairs],
+            [p.pair.pre_profile for p in pairs], [p.pair.post_profile for p in pairs],
         )
 
     async def enqueue(self, events: Sequence[Row]) -> None:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -466,7 +467,8 @@ async def test_prom_pairing_health_gain_and_report(settings) -> None:
 
         report = (await http.get("/v1/reports/proms", params={"procedure": "primary_hip_replacement", "min_count": 5})).json()
         assert report["groups"] == [{"provider_code": "RRV", "instrument": "ohs", "procedure": "primary_hip_replacement",
-                                     "pairs": 6, "avg_pre": 12.0, "avg_post": 38.0, "avg_health_gain": 26.0, "suppressed": False}]
+                                     "pairs": 6, "avg_pre": 12.0, "avg_post": 38.0, "avg_health_gain": 26.0, "suppressed": False,
+                                     "pct_improved": 100.0, "avg_index_gain": None, "value_set": None}]
         default = (await http.get("/v1/reports/proms")).json()
         assert default["min_count"] == 30 and all(g["suppressed"] and g["avg_health_gain"] is None for g in default["groups"])
         assert {g["procedure"] for g in default["groups"]} == {"primary_hip_replacement", "primary_knee_replacement"}
@@ -474,6 +476,36 @@ async def test_prom_pairing_health_gain_and_report(settings) -> None:
         assert low.status_code == 422 and low.json()["errors"][0]["field"] == "min_count"
         bad = await http.get("/v1/reports/proms", params={"procedure": "Hip Replacement"})
         assert bad.status_code == 422 and "procedure" in bad.json()["errors"][0]["field"]
+
+
+async def test_eq5d_pairs_are_valued_under_the_configured_value_set(settings) -> None:
+    """EQ-5D-5L pairs keep both health states; the PROM report values them at report time under
+    FEEDBACK_EQ5D_VALUE_SET_FILE (here the shipped, invented example) and names the set."""
+    run = uuid.uuid4().hex[:6]
+    example = Path(__file__).resolve().parents[2] / "services" / "feedback" / "value_sets" / "example-not-for-use.toml"
+    pre_at, post_at = NOW - timedelta(days=200), NOW - timedelta(days=10)
+
+    def eq5d(n: int, timing: str, state: str, vas: int, authored: datetime) -> dict:
+        levels = dict(zip(("mobility", "self_care", "usual_activities", "pain_discomfort", "anxiety_depression"),
+                          (int(c) for c in state)))
+        return submission(run, n, submission_id=f"eq-{timing}-{run}-{n}", episode_id=f"op-{run}-{n}", provider_code="RRV",
+                          authored_at=authored.isoformat(), free_text=None,
+                          answers={"instrument": "eq5d5l", **levels, "vas": vas, "timing": timing, "procedure": "eq_hip_test"})
+
+    async with running(create_app(settings.model_copy(update={"eq5d_value_set_file": example}))) as http:
+        for n in range(5):  # 21143 (0.500) -> 11111 (1.000) for four patients; the fifth 11111 -> 21143
+            before, after = ("21143", "11111") if n < 4 else ("11111", "21143")
+            assert (await http.post("/v1/submissions", json=eq5d(n, "pre_op", before, 40, pre_at))).status_code == 202
+            r = await http.post("/v1/submissions", json=eq5d(n, "post_op", after, 70 if n < 4 else 30, post_at))
+            assert r.status_code == 202 and r.json()["scores"]["health_gain"] == (30 if n < 4 else -10)
+        report = (await http.get("/v1/reports/proms", params={"procedure": "eq_hip_test", "min_count": 5})).json()
+        [group] = report["groups"]
+        assert (group["pairs"], group["pct_improved"], group["avg_health_gain"]) == (5, 80.0, 22.0)
+        assert group["avg_index_gain"] == 0.3 and group["value_set"] == "example-not-for-use@1"  # (4 x 0.5 - 0.5) / 5
+        assert "example-not-for-use@1" in report["rule"]
+    bad = settings.model_copy(update={"eq5d_value_set_file": example.with_name("missing.toml")})
+    with pytest.raises(ValueError, match="missing.toml"):
+        create_app(bad)
 
 
 async def test_fft_report_with_primary_and_secondary_suppression(settings) -> None:
