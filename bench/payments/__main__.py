@@ -304,7 +304,7 @@ async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> 
 
     from services.payments import consumer
     from services.payments.app import PaymentsRuntime
-    from services.payments.domain import period_of
+    from shared.periods import period_of
     from services.payments.handlers import RunSettlement
     from services.payments.settings import PaymentsSettings
     from shared import db

@@ -25,6 +25,7 @@ from shared.consumer import TRANSIENT_ERRORS
 from shared.contracts import PeriodCode
 from shared.http import PROBLEM_RESPONSES, Problem, clean_message, problem
 from shared.logging import correlation_id_var
+from shared.periods import period_utc_bounds
 from shared.reach import Reach, reach_of
 from shared.uow import Raced
 
@@ -360,7 +361,7 @@ FFT_RULE = ("First FFT answer per episode and patient, authored in the month (UT
             summary="FFT % positive and % negative per provider for a month, with NHS-style suppression")
 async def fft_report(request: Request, period: Annotated[PeriodCode, Query(description="YYYY-MM")]) -> FftReport:
     try:
-        queries.month_bounds(period)
+        period_utc_bounds(period)
     except ValueError as exc:  # matches the pattern but is no calendar month (0000-01, 9999-12): 422, not 500
         raise Problem(422, "Invalid request", f"period {period} is out of range",
                       errors=[{"field": "period", "message": "year out of range"}]) from exc

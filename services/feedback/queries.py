@@ -3,19 +3,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import asyncpg
 
 from shared.contracts import FftAnswer
-
-
-def month_bounds(period: str) -> tuple[datetime, datetime]:
-    """[start, end) of a YYYY-MM month in UTC; ValueError for a year datetime cannot hold."""
-    year, month = int(period[:4]), int(period[5:7])
-    start = datetime(year, month, 1, tzinfo=timezone.utc)
-    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
-    return start, end
+from shared.periods import period_utc_bounds
 
 
 async def fft_counts(conn: asyncpg.Connection, period: str) -> dict[str, dict[FftAnswer, int]]:
@@ -26,7 +17,7 @@ async def fft_counts(conn: asyncpg.Connection, period: str) -> dict[str, dict[Ff
     the FFT answer an amendment). Every provider that has ever had an FFT answer appears, with
     zeros if it had none this month.
     """
-    start, end = month_bounds(period)
+    start, end = period_utc_bounds(period)
     rows = await conn.fetch(
         "WITH firsts AS ("
         "  SELECT DISTINCT ON (episode_id, patient_pseudonym) provider_code, authored_at, (answers->>'fft_answer')::int AS a"

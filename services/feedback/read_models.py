@@ -39,6 +39,7 @@ import asyncpg
 
 from services.feedback import domain
 from shared.contracts import FftAnswer
+from shared.periods import first_of_next_month
 
 SuppressionReason = Literal["none", "primary", "secondary"]
 PeriodKind = Literal["month", "quarter", "week"]
@@ -76,10 +77,10 @@ def parse_period(code: str) -> Period:
     """ValueError for anything that is not a real month, quarter or ISO week."""
     if m := _MONTH.fullmatch(code):
         year, month = int(m.group(1)), int(m.group(2))
-        return Period(code, "month", date(year, month, 1), _month_after(year, month))
+        return Period(code, "month", date(year, month, 1), first_of_next_month(date(year, month, 1)))
     if m := _QUARTER.fullmatch(code):
         year, q = int(m.group(1)), int(m.group(2))
-        return Period(code, "quarter", date(year, 3 * q - 2, 1), _month_after(year, 3 * q))
+        return Period(code, "quarter", date(year, 3 * q - 2, 1), first_of_next_month(date(year, 3 * q, 1)))
     if m := _WEEK.fullmatch(code):
         year, week = int(m.group(1)), int(m.group(2))
         try:
@@ -88,10 +89,6 @@ def parse_period(code: str) -> Period:
             raise ValueError(f"{code}: {year} has no ISO week {week}") from None
         return Period(code, "week", start, start + timedelta(days=7))
     raise ValueError(f"{code!r} is not YYYY-MM, YYYY-Qn or YYYY-Www")
-
-
-def _month_after(year: int, month: int) -> date:
-    return date(year + month // 12, month % 12 + 1, 1)
 
 
 def month_code(d: date) -> str:
@@ -112,7 +109,7 @@ def months_of(period: Period) -> list[str]:
     out, d = [], period.start
     while d < period.end:
         out.append(month_code(d))
-        d = _month_after(d.year, d.month)
+        d = first_of_next_month(d)
     return out
 
 

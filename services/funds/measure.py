@@ -32,6 +32,7 @@ from datetime import date, timedelta
 from typing import Literal
 
 from shared.contracts import FFT_MEASURES, GrantMeasure
+from shared.periods import first_of_next_month
 from shared.stats import spc
 
 Interval = Literal["week", "month"]
@@ -59,7 +60,7 @@ def period_start(interval: Interval, day: date) -> date:
 def next_period(interval: Interval, start: date) -> date:
     if interval == "week":
         return start + timedelta(days=7)
-    return date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return first_of_next_month(start)
 
 
 def period_label(interval: Interval, start: date) -> str:

@@ -54,7 +54,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from services.ledger.chain import (
@@ -72,6 +72,7 @@ from services.ledger.chain import (
 )
 from shared.contracts import TransferRequested
 from shared.money import check
+from shared.periods import period_of
 
 __all__ = ["EXPIRY_SUFFIX", "GENESIS_HASH", "Command", "Expire"]  # re-exported: callers name commands from here
 
@@ -108,22 +109,6 @@ UK = ZoneInfo("Europe/London")
 def accounting_date(posted_at: datetime, value_date: date | None = None) -> date:
     """The day an entry counts in the books: its ``value_date`` when given, else the UK date it was posted."""
     return value_date if value_date is not None else posted_at.astimezone(UK).date()
-
-
-def period_of(day: date) -> str:
-    """The accounting period (``YYYY-MM``) of a day."""
-    return f"{day.year:04d}-{day.month:02d}"
-
-
-def next_period(period: str) -> str:
-    year, month = int(period[:4]), int(period[5:7])
-    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
-
-
-def period_bounds(period: str) -> tuple[date, date]:
-    """[first day, first day of the next period)."""
-    nxt = next_period(period)
-    return date(int(period[:4]), int(period[5:7]), 1), date(int(nxt[:4]), int(nxt[5:7]), 1)
 
 
 def account_type(account_id: str) -> AccountType:

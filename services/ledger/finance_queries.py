@@ -12,6 +12,7 @@ import asyncpg
 
 from services.ledger import domain
 from services.ledger.remittance import LedgerPayment
+from shared.periods import period_dates
 
 # A search that would scan too much of a large journal is stopped rather than left to run:
 # the caller narrows it (a time range, a payment or episode id).
@@ -147,7 +148,7 @@ async def period_close(conn: asyncpg.Connection, period: str) -> dict[str, Any] 
 async def payments_paid(conn: asyncpg.Connection, commissioner: str, period: str) -> dict[str, LedgerPayment]:
     """What the ledger shows ``commissioner:<ICB>`` paid out for each payment of ``period``:
     minus the sum of its posted legs on the commissioner's account, per payment id."""
-    first, _ = domain.period_bounds(period)
+    first, _ = period_dates(period)
     rows = await conn.fetch(
         "SELECT e.payment_id, (-sum(l.amount_pence))::bigint AS paid, min(e.provider_code) AS provider"
         " FROM legs l JOIN entries e ON e.seq = l.entry_seq AND e.posted_at = l.posted_at"

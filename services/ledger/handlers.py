@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 
 from services.ledger import domain, periods, remittance
 from services.ledger.ports import ClosedMark, Head, LedgerStore, RemittanceRun, StoredStatement, Submitted
+from shared.periods import period_dates
 from shared.uow import UnitOfWork
 
 TRANSFERS = Counter("ledger_transfers_total", "Transfer requests handled", ["outcome"])
@@ -143,7 +144,7 @@ class LedgerHandlers:
         async def state(tx: LedgerStore) -> StoredStatement:
             before = await tx.close_mark_before(period)
             previous = await tx.statement_of(before) if before else None
-            first, end = domain.period_bounds(period)
+            first, end = period_dates(period)
             entries, movements = await tx.period_movements(first if previous else None, end, marked.head_seq)
             statement = periods.build_statement(
                 period=period, closed_through_before=before, closed_at=marked.closed_at, closed_by=marked.closed_by,

@@ -32,7 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.ledger.domain import account_type, next_period, period_bounds, period_of
+from services.ledger.domain import account_type
+from shared.periods import next_period, period_dates, period_of
 from shared.money import InvariantError, check
 
 STATEMENT_KIND = "patient-power ledger period statement"
@@ -98,7 +99,7 @@ def build_statement(*, period: str, closed_through_before: str | None, closed_at
     # balances sum to zero. A statement that says otherwise is never signed.
     if debits + credits != 0 or closing != 0:
         raise InvariantError(f"period {period} does not balance: debits {debits}, credits {credits}, closing {closing}")
-    first, end = period_bounds(period)
+    first, end = period_dates(period)
     return {
         "statement": STATEMENT_KIND,
         "version": STATEMENT_VERSION,

@@ -15,6 +15,8 @@ from typing import Literal
 
 import asyncpg
 
+from shared.periods import first_of_next_month
+
 Interval = Literal["day", "month"]
 MAX_HISTORY_POINTS = 366
 
@@ -27,10 +29,6 @@ class Bucket:
 
 def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
-
-
-def _next_month(d: date) -> date:
-    return date(d.year + d.month // 12, d.month % 12 + 1, 1)
 
 
 def buckets(first: date, last: date, interval: Interval) -> list[Bucket]:
@@ -48,9 +46,9 @@ def buckets(first: date, last: date, interval: Interval) -> list[Bucket]:
     d = date(first.year, first.month, 1)
     stop = last + timedelta(days=1)
     while d <= last:
-        end = min(_next_month(d), stop)
+        end = min(first_of_next_month(d), stop)
         out.append(Bucket(f"{d.year:04d}-{d.month:02d}", _midnight(end)))
-        d = _next_month(d)
+        d = first_of_next_month(d)
     return out
 
 

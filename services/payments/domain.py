@@ -18,12 +18,8 @@ from shared.contracts import (
     FftAnswer, Leg, PatientChoice, PaymentRequested, TransferCause, TransferKind, TransferRequested,
 )
 from shared.money import BPS_WHOLE, bps_of, check, split_largest_remainder
+from shared.periods import last_day_of, period_of
 from shared.reference import ReferenceData
-
-
-def period_of(activity_date: date) -> str:
-    """Monthly settlement period, e.g. '2026-11'."""
-    return f"{activity_date.year:04d}-{activity_date.month:02d}"
 
 
 def commissioner_account(code: str) -> str:
@@ -395,12 +391,6 @@ def decide(episode: Episode, answers: Sequence[Answer], scheme: Scheme) -> Decis
 # ---------------------------------------------------------------------------------------------
 # Settling
 # ---------------------------------------------------------------------------------------------
-def last_day_of(period: str) -> date:
-    year, month = int(period[:4]), int(period[5:7])
-    first_of_next = date(year + month // 12, month % 12 + 1, 1)
-    return first_of_next - timedelta(days=1)
-
-
 def settlement_opens_on(period: str, decision_window_days: Sequence[int]) -> date:
     """The first day a period may be settled: every episode's decision window has closed, the last
     being that of care on the period's last day (``window_end``; the longest window among the

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from services.payments.schemes import Benchmark, CaseMix, Scheme
 from shared.money import check
+from shared.periods import period_utc_bounds
 from shared.stats import casemix as cm
 from shared.stats import proportions as pr
 
@@ -134,15 +135,6 @@ def needs_proms(schemes: Iterable[Scheme]) -> bool:
     return any(s.signals.prom_weight_bps > 0 for s in schemes)
 
 
-def period_bounds(period: str) -> tuple[datetime, datetime]:
-    """[start, end) of a YYYY-MM period in UTC (PROM pairs count in the month their post-operative
-    answer was authored, as the feedback service's PROM publication counts them)."""
-    year, month = int(period[:4]), int(period[5:7])
-    start = datetime(year, month, 1, tzinfo=timezone.utc)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
-    return start, end
-
-
 @dataclass(frozen=True, slots=True)
 class PromOutcome:
     """An answer that completed a patient's pre/post PROM pair (feedback pairs them and sends the
@@ -173,7 +165,9 @@ def prom_outcomes_of(feedback: Iterable["FeedbackReceived"], trust_of: Callable[
 def tally_proms(outcomes: Iterable[PromOutcome], period: str) -> dict[tuple[str, str], tuple[int, int]]:
     """Per (trust, instrument): (pairs with a gain above 0, pairs) completed in the period (the
     store's ``prom_outcomes`` query computes the same)."""
-    start, end = period_bounds(period)
+    # PROM pairs count in the month their post-operative answer was authored, as the feedback
+    # service's PROM publication counts them.
+    start, end = period_utc_bounds(period)
     out: dict[tuple[str, str], list[int]] = {}
     for o in outcomes:
         if start <= o.authored_at < end:

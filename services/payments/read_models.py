@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from shared.money import check
+from shared.periods import next_period
 
 MAX_RANGE_MONTHS = 36
 EPISODE_PAGE_MAX = 1000
@@ -24,11 +25,10 @@ SETTLEMENT_PAGE_MAX = 100
 
 def month_range(first: str, last: str) -> list[str]:
     """Every YYYY-MM from ``first`` to ``last`` inclusive (both valid YYYY-MM)."""
-    year, month = int(first[:4]), int(first[5:7])
-    out = []
-    while f"{year:04d}-{month:02d}" <= last:
-        out.append(f"{year:04d}-{month:02d}")
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    out, period = [], first
+    while period <= last:
+        out.append(period)
+        period = next_period(period)
     return out
 
 

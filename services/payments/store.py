@@ -25,6 +25,7 @@ from services.payments.reconcile import Answered, Tracked
 from shared.contracts import FeedbackReceived, TransferPosted
 from shared.events import Row
 from shared.outbox import enqueue
+from shared.periods import period_utc_bounds
 
 T = TypeVar("T")
 
@@ -226,7 +227,7 @@ class PgPaymentsStore:
 
     # -- judging fairly (judgement.py) --------------------------------------------------------------
     async def prom_outcomes(self, period: str) -> dict[tuple[str, str], tuple[int, int]]:
-        start, end = judgement.period_bounds(period)
+        start, end = period_utc_bounds(period)
         rows = await self.conn.fetch(
             "SELECT provider_code, instrument, count(*) FILTER (WHERE health_gain > 0) AS improved, count(*) AS pairs"
             " FROM prom_outcomes WHERE authored_at >= $1 AND authored_at < $2 GROUP BY 1, 2 ORDER BY 1, 2", start, end)

@@ -21,6 +21,7 @@ from services.ledger.settings import LedgerSettings
 from shared.auth import bearer_headers
 from shared.contracts import TransferRequested
 from shared.db import migrate
+from shared.periods import next_period, period_of
 from tests.integration.test_ledger import ledger_http
 
 pytestmark = pytest.mark.integration
@@ -226,7 +227,7 @@ async def test_closing_a_period_refuses_postings_dated_in_it_and_its_signed_stat
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "value_date", r.text
 
         # This month has not ended; a bound token may not close; the month before closes.
-        r = await http.post(f"/v1/periods/{domain.period_of(today)}/close")
+        r = await http.post(f"/v1/periods/{period_of(today)}/close")
         assert r.status_code == 409 and "not ended" in r.json()["detail"]
         r = await http.post(f"/v1/periods/{closing}/close")
         assert r.status_code == 201, r.text
@@ -235,7 +236,7 @@ async def test_closing_a_period_refuses_postings_dated_in_it_and_its_signed_stat
         again = await http.post(f"/v1/periods/{closing}/close")
         assert again.status_code == 200 and again.json()["statement_sha256"] == closed["statement_sha256"]
         listing = (await http.get("/v1/periods")).json()
-        assert listing["closed_through"] == closing and listing["next_to_close"] == domain.next_period(closing)
+        assert listing["closed_through"] == closing and listing["next_to_close"] == next_period(closing)
         assert [p["period"] for p in listing["items"]] == [closing]
 
         # A posting dated in the closed period is refused (and stays refused); a correction posts
@@ -267,7 +268,7 @@ async def test_closing_a_period_refuses_postings_dated_in_it_and_its_signed_stat
         # A bound token may not read it.
         http.headers.update(bearer_headers(["ledger:read", "ledger:close"], subject="london", regions=["Y56"]))
         assert (await http.get(f"/v1/periods/{closing}/statement")).status_code == 403
-        assert (await http.post(f"/v1/periods/{domain.next_period(closing)}/close")).status_code == 403
+        assert (await http.post(f"/v1/periods/{next_period(closing)}/close")).status_code == 403
 
     # Offline, with the documented command: it verifies, and fails once any byte changes.
     (tmp_path / "statement.json").write_bytes(body)

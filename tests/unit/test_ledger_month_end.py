@@ -15,6 +15,7 @@ from services.ledger import domain, periods, remittance
 from services.ledger.chain import canonical, request_body, request_json
 from shared.contracts import TransferRequested
 from shared.money import InvariantError
+from shared.periods import next_period, period_dates, period_of
 
 T0 = datetime(2026, 12, 2, 10, tzinfo=timezone.utc)
 
@@ -37,9 +38,9 @@ def test_accounting_date_is_the_uk_day_so_a_bst_midnight_posting_belongs_to_the_
     assert domain.accounting_date(datetime(2026, 10, 31, 23, 30, tzinfo=timezone.utc)) == date(2026, 10, 31)  # GMT
     assert domain.accounting_date(datetime(2026, 6, 30, 23, 30, tzinfo=timezone.utc)) == date(2026, 7, 1)  # BST
     assert domain.accounting_date(T0, date(2026, 11, 5)) == date(2026, 11, 5)
-    assert domain.period_of(date(2026, 1, 9)) == "2026-01"
-    assert domain.next_period("2026-12") == "2027-01" and domain.next_period("2026-09") == "2026-10"
-    assert domain.period_bounds("2026-12") == (date(2026, 12, 1), date(2027, 1, 1))
+    assert period_of(date(2026, 1, 9)) == "2026-01"
+    assert next_period("2026-12") == "2027-01" and next_period("2026-09") == "2026-10"
+    assert period_dates("2026-12") == (date(2026, 12, 1), date(2027, 1, 1))
 
 
 def test_an_entry_records_its_accounting_date_and_value_date() -> None:
