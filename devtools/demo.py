@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 
 from devtools.synthetic import synthetic_nhs_number
-from services.payments.domain import last_day_of, latest_settleable_period
+from services.payments.domain import latest_settleable_period
+from shared.periods import last_day_of
 from shared.auth import bearer_headers
 from devtools.stack import Stack
 from shared.money import format_pence
@@ -89,8 +90,11 @@ async def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.2
         await asyncio.sleep(interval_s)
 
 
-async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    payments, feedback = build_scenario()
+async def run_scenario(stack: Stack, out=print, today: date | None = None) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The demo's month. `today` (default: the real date) fixes the dates it derives (the month it
+    settles, the grant's id and dates), so two runs compared with each other use the same ones."""
+    today = today or date.today()
+    payments, feedback = build_scenario(today=today)
     period = payments[0]["activity_date"][:7]
     ref = load_reference()
     # Each actor has its own development token (python -m shared.auth mint ...), with only its scopes.
@@ -148,7 +152,7 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
             return tb if not held and not pending and tb["accounts"] else None
 
         tb = await wait_until(settled)
-        grant = await grant_step(http, stack, tb, out)
+        grant = await grant_step(http, stack, tb, today, out)
         if grant:
             tb = await wait_until(settled)  # the grant's payments, in the books
         auditor = bearer_headers(["ledger:audit"], subject="national-audit")
@@ -190,7 +194,7 @@ async def run_scenario(stack: Stack, out=print) -> dict[str, int]:  # type: igno
     return {"total_pence": tb["total_pence"], "verified": int(verify["ok"])}
 
 
-async def grant_step(http: httpx.AsyncClient, stack: Stack, tb: dict[str, Any], out=print) -> str | None:  # type: ignore[no-untyped-def]
+async def grant_step(http: httpx.AsyncClient, stack: Stack, tb: dict[str, Any], today: date, out=print) -> str | None:  # type: ignore[no-untyped-def]
     """4. The London fund spends some of what it received: a fund manager proposes a grant to a
     London trust, approving it herself is refused, a second person approves (the ledger reserves
     it), a programme manager records the first milestone met (paid fund -> provider; the proposer
@@ -204,7 +208,6 @@ async def grant_step(http: httpx.AsyncClient, stack: Stack, tb: dict[str, Any], 
     maker = bearer_headers(["funds:propose", "funds:read", "funds:manage"], subject="fund.manager@london", regions=["Y56"])
     checker = bearer_headers(["funds:approve", "funds:read"], subject="fund.approver@london", regions=["Y56"])
     manager = bearer_headers(["funds:manage", "funds:read"], subject="programme.manager@london", regions=["Y56"])
-    today = date.today()
     start = today - timedelta(days=today.weekday() + 7 * 8)
     half = fund["posted_pence"] // 4
     grant_id = f"demo-discharge-{today:%Y%m%d}"
@@ -248,11 +251,12 @@ async def demo(work_dir: Path | None) -> int:
     try:
         await stack.start()
         print(f"  up in {time.monotonic() - t0:.1f}s ({stack.infra.kind}); logs in {stack.work_dir}", flush=True)
-        month = settleable_month_end(date.today())
+        today = date.today()
+        month = settleable_month_end(today)
         print(f"  portal: {stack.url('portal')} (while the demo runs; `make up` keeps it up); the demo's month,"
               f" {month:%B %Y}, is in {stack.url('portal')}/league-table?quarter={month.year}-Q{(month.month - 1) // 3 + 1}",
               flush=True)
-        result = await run_scenario(stack)
+        result = await run_scenario(stack, today=today)
     finally:
         stack.stop()
     return 0 if result["total_pence"] == 0 and result["verified"] else 1

@@ -4,6 +4,7 @@ final ledger as one instance (same accounts and balances, same set of journal en
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import asyncpg
@@ -41,11 +42,11 @@ def _comparable(request: str) -> str:
     return request
 
 
-async def run(tmp: Path, replicas: int) -> tuple[dict[str, int], set[tuple[str, str]], list[str]]:
+async def run(tmp: Path, replicas: int, today: date) -> tuple[dict[str, int], set[tuple[str, str]], list[str]]:
     stack = Stack(work_dir=tmp, replicas={"ledger": replicas, "payments": replicas, "feedback": replicas})
     try:
         await stack.start()
-        result = await run_scenario(stack, out=lambda *_args: None)
+        result = await run_scenario(stack, out=lambda *_args: None, today=today)
         assert result == {"total_pence": 0, "verified": 1}
         balances, entries = await final_ledger(stack)
         if replicas > 1:
@@ -61,8 +62,9 @@ async def run(tmp: Path, replicas: int) -> tuple[dict[str, int], set[tuple[str, 
 
 
 async def test_two_instances_of_each_service_give_the_same_ledger_as_one(tmp_path: Path) -> None:
-    one_balances, one_entries, one_names = await run(tmp_path / "one", 1)
-    two_balances, two_entries, two_names = await run(tmp_path / "two", 2)
+    today = date.today()  # both runs derive the same dates even if midnight falls between them
+    one_balances, one_entries, one_names = await run(tmp_path / "one", 1, today)
+    two_balances, two_entries, two_names = await run(tmp_path / "two", 2, today)
     assert one_names == ["feedback", "funds", "ledger", "payments"]
     assert two_names == ["feedback", "feedback-2", "funds", "ledger", "ledger-2", "payments", "payments-2"]
     assert sum(one_balances.values()) == 0 and len(one_entries) > 1000
