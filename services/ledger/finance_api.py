@@ -21,6 +21,7 @@ from services.ledger.finance_queries import TransferFilter
 from shared.auth import principal_of
 from shared.contracts import IcbCode, OdsCode, PeriodCode, RegionCode
 from shared.http import PROBLEM_RESPONSES, Problem
+from shared.periods import next_period
 from shared.reach import not_found, provider_accounts, region_accounts
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
@@ -237,8 +238,6 @@ async def list_periods(request: Request, cursor: Annotated[str | None, Query(max
     ct = state["closed_through"]
     if ct is not None and (not items or items[0].period != ct) and after is None:
         items.insert(0, PeriodView(period=ct, status="closing", closed_at=state["closed_at"], head_seq=state["closed_at_seq"]))
-    from shared.periods import next_period
-
     return PeriodsView(closed_through=ct, next_to_close=next_period(ct) if ct else None, items=items,
                        next_cursor=queries.encode_cursor(rows[limit - 1]["period"]) if len(rows) > limit else None)
 

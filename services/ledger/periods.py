@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.ledger.domain import account_type
-from shared.periods import next_period, period_dates, period_of
 from shared.money import InvariantError, check
+from shared.periods import next_period, period_dates, period_of
 
 STATEMENT_KIND = "patient-power ledger period statement"
 STATEMENT_VERSION = 1

@@ -24,11 +24,14 @@ SETTLEMENT_PAGE_MAX = 100
 
 
 def month_range(first: str, last: str) -> list[str]:
-    """Every YYYY-MM from ``first`` to ``last`` inclusive (both valid YYYY-MM)."""
-    out, period = [], first
-    while period <= last:
-        out.append(period)
+    """Every YYYY-MM from ``first`` to ``last`` inclusive (both valid YYYY-MM), or the first
+    MAX_RANGE_MONTHS + 1 of them when there are more (the caller refuses those): the walk never
+    costs more than the longest allowed range, and it stops at ``last`` itself, so 9999-12 (after
+    which comes "10000-01", which sorts before it) ends it too."""
+    out, period = [first], first
+    while period < last and len(out) <= MAX_RANGE_MONTHS:
         period = next_period(period)
+        out.append(period)
     return out
 
 
