@@ -22,10 +22,10 @@ import httpx
 
 from devtools.synthetic import synthetic_nhs_number
 from services.payments.domain import latest_settleable_period
-from shared.periods import last_day_of
 from shared.auth import bearer_headers
 from devtools.stack import Stack
 from shared.money import format_pence
+from shared.periods import last_day_of
 from shared.reference import load_reference
 
 # (provider, commissioner, episodes, answer mix: weights for FFT codes 1..6 and "no answer")

@@ -304,10 +304,10 @@ async def run_settlement_phase(infra: Any, *, episodes: int, batch_max: int) -> 
 
     from services.payments import consumer
     from services.payments.app import PaymentsRuntime
-    from shared.periods import period_of
     from services.payments.handlers import RunSettlement
     from services.payments.settings import PaymentsSettings
     from shared import db
+    from shared.periods import period_of
 
     db_name = f"bench_payments_settle_{uuid.uuid4().hex[:6]}"
     dsn = await ensure_database(infra.postgres_dsn, db_name)

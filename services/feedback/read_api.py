@@ -23,6 +23,7 @@ from services.feedback import read_models as rm
 from shared.auth import principal_of
 from shared.contracts import ServiceType
 from shared.http import PROBLEM_RESPONSES, Problem
+from shared.periods import period_of
 from shared.reach import Reach, reach_of
 
 router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
@@ -103,7 +104,7 @@ async def _publication(request: Request, period: rm.Period, level: rm.Level, set
     quarters both fall in (each quarter's grid decides its months: read_models.publish)."""
     previous = rm.previous_period(period)
     start = rm.parse_period(rm.quarter_of(previous.code)).start
-    end = rm.parse_period(rm.quarter_of(rm.month_code(period.end - timedelta(days=1)))).end
+    end = rm.parse_period(rm.quarter_of(period_of(period.end - timedelta(days=1)))).end
     async with request.app.state.runtime.pool.acquire() as conn:
         rows = await rm.first_fft_counts(conn, start, end, bucket="month", setting=setting)
     visible, organisation = _reach(request).sees_provider, _organisation(request)
@@ -243,11 +244,11 @@ def _weeks_of_quarter(quarter: str) -> list[str]:
 
 def _default_range(interval: str, today: date) -> tuple[str, str]:
     if interval == "month":
-        to = rm.parse_period(rm.month_code(today))
+        to = rm.parse_period(period_of(today))
         start = to.start
         for _ in range(23):
-            start = rm.parse_period(rm.month_code(start - timedelta(days=1))).start
-        return rm.month_code(start), to.code
+            start = rm.parse_period(period_of(start - timedelta(days=1))).start
+        return period_of(start), to.code
     return rm.week_code(today - timedelta(weeks=51)), rm.week_code(today)
 
 

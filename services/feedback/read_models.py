@@ -39,7 +39,7 @@ import asyncpg
 
 from services.feedback import domain
 from shared.contracts import FftAnswer
-from shared.periods import first_of_next_month
+from shared.periods import first_of_next_month, period_dates, period_of
 
 SuppressionReason = Literal["none", "primary", "secondary"]
 PeriodKind = Literal["month", "quarter", "week"]
@@ -77,7 +77,7 @@ def parse_period(code: str) -> Period:
     """ValueError for anything that is not a real month, quarter or ISO week."""
     if m := _MONTH.fullmatch(code):
         year, month = int(m.group(1)), int(m.group(2))
-        return Period(code, "month", date(year, month, 1), first_of_next_month(date(year, month, 1)))
+        return Period(code, "month", *period_dates(code))
     if m := _QUARTER.fullmatch(code):
         year, q = int(m.group(1)), int(m.group(2))
         return Period(code, "quarter", date(year, 3 * q - 2, 1), first_of_next_month(date(year, 3 * q, 1)))
@@ -89,10 +89,6 @@ def parse_period(code: str) -> Period:
             raise ValueError(f"{code}: {year} has no ISO week {week}") from None
         return Period(code, "week", start, start + timedelta(days=7))
     raise ValueError(f"{code!r} is not YYYY-MM, YYYY-Qn or YYYY-Www")
-
-
-def month_code(d: date) -> str:
-    return f"{d.year:04d}-{d.month:02d}"
 
 
 def quarter_code(d: date) -> str:
@@ -108,7 +104,7 @@ def months_of(period: Period) -> list[str]:
     """The months a month or quarter covers."""
     out, d = [], period.start
     while d < period.end:
-        out.append(month_code(d))
+        out.append(period_of(d))
         d = first_of_next_month(d)
     return out
 
@@ -125,7 +121,7 @@ def quarter_of(period_code: str) -> str:
 
 def previous_period(period: Period) -> Period:
     if period.kind == "month":
-        return parse_period(month_code(period.start - timedelta(days=1)))
+        return parse_period(period_of(period.start - timedelta(days=1)))
     if period.kind == "quarter":
         return parse_period(quarter_code(period.start - timedelta(days=1)))
     return parse_period(week_code(period.start - timedelta(days=7)))
@@ -137,7 +133,7 @@ def series_periods(first: Period, last: Period) -> list[str]:
     p = first
     while p.start <= last.start:
         out.append(p.code)
-        p = parse_period(month_code(p.end) if p.kind == "month" else week_code(p.end))
+        p = parse_period(period_of(p.end) if p.kind == "month" else week_code(p.end))
     return out
 
 
@@ -201,7 +197,7 @@ async def fft_month_bounds(conn: asyncpg.Connection, provider_codes: Sequence[st
             "SELECT min(lo), max(hi) FROM unnest($1::text[]) AS c(code),"
             " LATERAL (SELECT min(authored_at) AS lo, max(authored_at) AS hi FROM submissions"
             "          WHERE instrument = 'fft' AND provider_code = c.code) b", list(provider_codes))
-    as_month = (lambda t: None if t is None else month_code(t.astimezone(timezone.utc).date()))
+    as_month = (lambda t: None if t is None else period_of(t.astimezone(timezone.utc).date()))
     return as_month(first), as_month(latest)
 
 

@@ -32,7 +32,7 @@ from datetime import date, timedelta
 from typing import Literal
 
 from shared.contracts import FFT_MEASURES, GrantMeasure
-from shared.periods import first_of_next_month
+from shared.periods import first_of_next_month, period_of
 from shared.stats import spc
 
 Interval = Literal["week", "month"]
@@ -68,7 +68,7 @@ def period_label(interval: Interval, start: date) -> str:
     if interval == "week":
         year, week, _ = start.isocalendar()
         return f"{year:04d}-W{week:02d}"
-    return f"{start.year:04d}-{start.month:02d}"
+    return period_of(start)
 
 
 def whole_periods(interval: Interval, first: date, last: date) -> list[date]:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import asyncpg
 
-from shared.periods import first_of_next_month
+from shared.periods import first_of_next_month, period_of
 
 Interval = Literal["day", "month"]
 MAX_HISTORY_POINTS = 366
@@ -47,7 +47,7 @@ def buckets(first: date, last: date, interval: Interval) -> list[Bucket]:
     stop = last + timedelta(days=1)
     while d <= last:
         end = min(first_of_next_month(d), stop)
-        out.append(Bucket(f"{d.year:04d}-{d.month:02d}", _midnight(end)))
+        out.append(Bucket(period_of(d), _midnight(end)))
         d = first_of_next_month(d)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from shared.money import check
-from shared.periods import next_period
+from shared.periods import next_period, period_of
 
 MAX_RANGE_MONTHS = 36
 EPISODE_PAGE_MAX = 1000
@@ -38,10 +38,9 @@ def month_range(first: str, last: str) -> list[str]:
 def months_back(today: date, count: int) -> tuple[str, str]:
     """The ``count`` months ending with this one, as (first, last)."""
     year, month = today.year, today.month
-    last = f"{year:04d}-{month:02d}"
     for _ in range(count - 1):
         year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-    return f"{year:04d}-{month:02d}", last
+    return period_of(date(year, month, 1)), period_of(today)
 
 
 # ---------------------------------------------------------------------------------------------
